@@ -1,0 +1,96 @@
+"""AU registry: the fifteen AUs of the paper's Table I, and the AU sets of each dataset.
+
+Everything that names an AU column goes through this module, so a column is always `AU01`,
+never `au1` or `AU1`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+@dataclass(frozen=True)
+class ActionUnit:
+    number: int
+    name: str
+    location: str  # on an aligned face, in units of the inner-eye-corner distance ("scale")
+    muscle: str
+    landmarks: str  # 0-based iBUG-68 indices of the region of interest (paper's Table I)
+
+    @property
+    def column(self) -> str:
+        return au_column(self.number)
+
+
+def au_column(number: int) -> str:
+    return f"AU{number:02d}"
+
+
+def au_number(column: str) -> int:
+    if not (column.startswith("AU") and column[2:].isdigit()):
+        raise ValueError(f"not an AU column name: {column!r} (expected e.g. 'AU01')")
+    return int(column[2:])
+
+
+# Paper, Table I (muscle of AU25 copied as printed there).
+TABLE_I: tuple[ActionUnit, ...] = (
+    ActionUnit(1, "Inner brow raiser", "1/2 scale above inner brow", "Frontalis", "21,22"),
+    ActionUnit(2, "Outer brow raiser", "1/3 scale above outer brow", "Frontalis", "17,26"),
+    ActionUnit(4, "Brow lowerer", "1/3 scale below brow center", "Corrugator supercilii",
+               "midpoint of 21,22"),
+    ActionUnit(6, "Cheek raiser", "1 scale below eye bottom", "Orbicularis oculi",
+               "midpoint of 2,14, midpoint of 41,46"),
+    ActionUnit(7, "Lid tightener", "Eye", "Orbicularis oculi", "38,43"),
+    ActionUnit(9, "Nose wrinkler", "1/2 scale above nose bottom", "Levator labii superioris",
+               "1/2 scale below 39,42"),
+    ActionUnit(10, "Upper lip raiser", "Upper lip center", "Levator labii superioris", "50,52"),
+    ActionUnit(12, "Lip corner puller", "Lip corner", "Zygomaticus major", "48,54"),
+    ActionUnit(14, "Dimpler", "Lip corner", "Buccinator", "48,54"),
+    ActionUnit(15, "Lip corner depressor", "Lip corner", "Triangularis", "48,54"),
+    ActionUnit(17, "Chin raiser", "1/2 scale below lip", "Mentalis", "1/2 scale below 56,58"),
+    ActionUnit(23, "Lip tightener", "Lip center", "Orbicularis oris", "51,57"),
+    ActionUnit(24, "Lip presser", "Lip center", "Orbicularis oris", "51,57"),
+    ActionUnit(25, "Lips part", "Lip center", "Orbicularis oculi", "51,57"),
+    ActionUnit(26, "Jaw drop", "1/2 scale below lip.", "Mentalis", "1/2 scale below 56,58"),
+)
+REGISTRY: dict[int, ActionUnit] = {au.number: au for au in TABLE_I}
+
+# AUs outside Table I that datasets still annotate (ABAW's AU20, DISFA's extra files).
+EXTRA_NAMES: dict[int, str] = {5: "Upper lid raiser", 20: "Lip stretcher"}
+
+
+class AUSet(str, Enum):
+    """Closed set of AU label sets; the value is the config spelling."""
+
+    BP4D = "bp4d"  # 12 AUs
+    DISFA = "disfa"  # 8 AUs
+    ABAW12 = "abaw12"  # Aff-Wild2 ABAW AU track, 12 AUs
+    AFFWILD2_PAPER = "affwild2_paper"  # the 8 AUs the paper used on Aff-Wild2
+
+    @property
+    def numbers(self) -> tuple[int, ...]:
+        return AU_SETS[self]
+
+    @property
+    def columns(self) -> list[str]:
+        return [au_column(n) for n in AU_SETS[self]]
+
+
+AU_SETS: dict[AUSet, tuple[int, ...]] = {
+    AUSet.BP4D: (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24),
+    AUSet.DISFA: (1, 2, 4, 6, 9, 12, 25, 26),
+    AUSet.ABAW12: (1, 2, 4, 6, 7, 10, 12, 15, 23, 24, 25, 26),
+    AUSet.AFFWILD2_PAPER: (1, 2, 4, 6, 12, 15, 20, 25),
+}
+
+
+def au_name(number: int) -> str:
+    if number in REGISTRY:
+        return REGISTRY[number].name
+    return EXTRA_NAMES.get(number, f"AU{number}")
+
+
+def shared_aus(a: AUSet, b: AUSet) -> list[int]:
+    """AUs two sets have in common, in `a`'s order (cross-dataset evaluation)."""
+    other = set(b.numbers)
+    return [n for n in a.numbers if n in other]

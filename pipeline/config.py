@@ -1,0 +1,252 @@
+"""Configuration: one pydantic model per stage, all defaults here, unknown keys rejected.
+
+A run is described by a `RunConfig` loaded from a YAML file under `configs/`. Relative paths in
+the YAML are resolved against the YAML file's folder, so a config can travel with its data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.aus import AUSet
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class Layout(str, Enum):
+    BP4D = "bp4d"  # AUCoding/AU_OCC/{subject}_{task}.csv + {subject}/{task}/{frame}.jpg
+    DISFA = "disfa"  # ActionUnit_Labels/{SN}/{SN}_au{N}.txt + videos or extracted frames
+    AFFWILD2 = "affwild2"  # ABAW Train_Set/ Validation_Set/ text files + cropped_aligned/
+    LIST = "list"  # community list format: image paths file + label matrix file
+    MANIFEST = "manifest"  # a user's CSV or Parquet table (images or videos, labels optional)
+    DEMO = "demo"  # the synthetic dataset the project generates itself
+
+
+class FoldScheme(str, Enum):
+    STANDARD = "standard"  # built-in subject lists (BP4D, DISFA)
+    KFOLD = "kfold"  # subject-exclusive GroupKFold over the subjects found
+    COLUMN = "column"  # a `fold` column given by the layout (ABAW split, user manifests)
+
+
+class OnBadInput(str, Enum):
+    RAISE = "raise"  # stop with an error naming the file and line
+    SKIP = "skip"  # leave the row out, counted by reason in the manifest's report
+
+
+class DatasetConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    layout: Layout
+    root: Path
+    au_set: AUSet
+    folds: FoldScheme = FoldScheme.STANDARD
+    n_folds: int = Field(3, ge=2)
+    on_bad_input: OnBadInput = OnBadInput.RAISE
+    # DISFA: occurrence = intensity >= threshold (paper and community: 2).
+    occurrence_threshold: int = Field(2, ge=1, le=5)
+    # DISFA: "video" reads Videos_LeftCamera/LeftVideo{SN}_comp.avi; "frames" reads {SN}/{i}.png.
+    disfa_source: str = Field("video", pattern="^(video|frames)$")
+    frames_dir: Optional[Path] = None  # BP4D / DISFA frames / Aff-Wild2 cropped_aligned root
+    image_ext: str = "jpg"
+    list_paths: Optional[Path] = None  # LIST layout: image paths, one per line
+    list_labels: Optional[Path] = None  # LIST layout: row-aligned 0/1 labels
+    manifest_file: Optional[Path] = None  # MANIFEST layout: CSV or Parquet
+    # DEMO layout: size of the generated dataset.
+    demo_subjects: int = Field(6, ge=3)
+    demo_frames_per_subject: int = Field(40, ge=12)
+    demo_seed: int = 0
+
+
+class DetectorKind(str, Enum):
+    BLAZEFACE = "blazeface"
+    BLAZEFACE_BACK = "blazeface_back"
+    SFD = "sfd"
+    PROVIDED = "provided"  # use the manifest's landmarks / boxes; no detector runs
+
+
+class FaceRule(str, Enum):
+    LARGEST = "largest"  # the largest box (ties: highest score)
+    TRACK = "track"  # in videos, the box closest to the previous frame's face; else largest
+
+
+class FacesConfig(Strict):
+    detector: DetectorKind = DetectorKind.BLAZEFACE
+    detector_weights: Optional[Path] = None  # None: face-alignment's own downloader
+    detector_anchors: Optional[Path] = None
+    min_score: float = Field(0.5, ge=0, le=1)
+    rule: FaceRule = FaceRule.TRACK
+    size: int = 256
+    # Template eye distance as a fraction of the crop width; smaller = more margin around the face.
+    eye_distance: float = Field(0.30, gt=0.05, lt=0.8)
+    min_face_px: int = 24  # faces smaller than this (box side) are not kept
+    chunk_frames: int = Field(64, ge=1)  # crops per Zarr chunk block / per resumable unit
+
+
+class Backbone(str, Enum):
+    FAN2 = "fan2"  # 2-stack, max-pool stem (the reference's iBUG "2dfan2")
+    FAN4 = "fan4"  # face-alignment's 2DFAN4: avg-pool stem, only the first two stacks are run
+
+
+class FeaturesConfig(Strict):
+    backbone: Backbone = Backbone.FAN2
+    weights: Optional[Path] = None
+    allow_download: bool = False  # use face-alignment's downloader (needs internet)
+    allow_random_weights: bool = False  # tests and the demo only: loudly marked everywhere
+    seed: int = 0
+    dtype: str = Field("float16", pattern="^(float16|float32)$")
+    batch_size: int = Field(8, ge=1)
+    device: str = "auto"
+    frames_per_shard: int = Field(32, ge=1)
+    codec: str = Field("blosc-lz4", pattern="^(blosc-lz4|blosc-zstd|zstd|none)$")
+
+
+class Variant(str, Enum):
+    AU_FAN = "au_fan"
+    AU_VAE = "au_vae"
+    AU_TDN = "au_tdn"
+    AUNET = "aunet"
+
+    @property
+    def temporal(self) -> bool:
+        return self in (Variant.AU_TDN, Variant.AUNET)
+
+    @property
+    def uses_prior(self) -> bool:
+        return self in (Variant.AU_VAE, Variant.AUNET)
+
+
+class ConsistencyForm(str, Enum):
+    PAPER = "paper"  # ||mu_p - mu_g||^2 + ||Sigma_p - Sigma_g||^2
+    CODE = "code"  # reference code: mse(mu_p, mu_g) + mean(sigma_p)
+
+
+LATENT_DIMS = {AUSet.BP4D: 8, AUSet.DISFA: 6, AUSet.ABAW12: 5, AUSet.AFFWILD2_PAPER: 5}
+
+
+class PriorConfig(Strict):
+    latent_dim: Optional[int] = None  # None: the paper's k for the dataset's AU set
+    lambdas: tuple[float, ...] = (0.1, 0.2, 0.3)
+    noise: float = 0.2
+    epochs: int = 100
+    lr: float = 1e-3
+    batch_size: int = 128
+    holdout_fraction: float = Field(0.2, gt=0, lt=0.9)  # of training subjects, for lambda
+    seed: int = 0
+
+    def k(self, au_set: AUSet) -> int:
+        return self.latent_dim or LATENT_DIMS[au_set]
+
+
+class TrainConfig(Strict):
+    variants: tuple[Variant, ...] = tuple(Variant)
+    folds: Optional[tuple[int, ...]] = None  # None: every fold
+    epochs: int = 12
+    lr: float = 1e-4
+    lr_step_epochs: int = 4
+    lr_gamma: float = 0.3
+    weight_decay: float = 1e-2  # AdamW's default, as in the reference
+    batch_size: int = 64
+    max_steps_per_epoch: Optional[int] = None  # demo / smoke runs
+    temporal_offset: int = 10  # T
+    consistency: ConsistencyForm = ConsistencyForm.PAPER
+    consistency_weight: float = 1.0  # gamma
+    feature_shift: int = 2  # max random spatial shift (feature cells) as augmentation; 0 = off
+    shuffle_buffer: int = 256
+    init_from: Optional[str] = None  # dataset name whose heads initialise these (DISFA <- BP4D)
+    seed: int = 0
+
+
+class EvalConfig(Strict):
+    threshold: float = 0.5
+    bootstrap: int = 1000
+    seed: int = 0
+    cross_datasets: tuple[str, ...] = ()  # other datasets' names to score these models on
+    timeline_video: Optional[str] = None  # report: which video's timeline to plot
+
+
+class DaskConfig(Strict):
+    address: Optional[str] = None  # an existing scheduler; None: a local cluster
+    n_workers: int = 1
+    threads_per_worker: int = 2
+
+
+class RunConfig(Strict):
+    dataset: DatasetConfig
+    store: Path = Path("artifacts")
+    faces: FacesConfig = FacesConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    prior: PriorConfig = PriorConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    dask: DaskConfig = DaskConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        if self.dataset.layout is Layout.DEMO and self.faces.detector is not DetectorKind.PROVIDED:
+            raise ValueError("the demo dataset ships landmarks: faces.detector must be 'provided'")
+        return self
+
+    def section(self, name: str) -> dict[str, Any]:
+        return json.loads(getattr(self, name).model_dump_json())
+
+    def fingerprint(self, *sections: str) -> str:
+        """Stable hash of the named sections (all when none): part of artifact cache keys."""
+        names = sections or tuple(type(self).model_fields)
+        blob = json.dumps({n: json.loads(_dump(getattr(self, n))) for n in names}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _dump(value: Any) -> str:
+    return value.model_dump_json() if isinstance(value, BaseModel) else json.dumps(str(value))
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _resolve_paths(data: Any, base: Path) -> Any:
+    """Resolve relative path-valued keys against the config file's folder."""
+    path_keys = {"root", "store", "frames_dir", "list_paths", "list_labels", "manifest_file",
+                 "weights", "detector_weights", "detector_anchors"}
+    if isinstance(data, dict):
+        out = {}
+        for k, v in data.items():
+            if k in path_keys and isinstance(v, str) and not Path(v).is_absolute():
+                out[k] = str((base / v).resolve())
+            else:
+                out[k] = _resolve_paths(v, base)
+        return out
+    return data
+
+
+def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
+    """Load a YAML config; errors name the file and the offending key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    data = _resolve_paths(data, path.parent.resolve())
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{path}: invalid config"]
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None

@@ -1,0 +1,77 @@
+"""Subject-exclusive folds: the community's standard 3-fold lists, or k-fold for other data.
+
+Fold k holds the test subjects of split k; a row with fold 0 is never a test frame (e.g. the
+Aff-Wild2 training set when the official validation set is the test fold).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupKFold
+
+from pipeline.config import DatasetConfig, FoldScheme, Layout
+from pipeline.manifest import ManifestReport
+
+STANDARD_FOLDS: dict[Layout, dict[int, tuple[str, ...]]] = {
+    Layout.BP4D: {
+        1: ("F004 F006 F007 F012 F014 F015 F017 F019 F021 M003 M006 M009 M015").split(),
+        2: ("F003 F005 F011 F013 F020 F022 M002 M005 M010 M011 M013 M016 M017 M018").split(),
+        3: ("F001 F002 F008 F009 F010 F016 F018 F023 M001 M004 M007 M008 M012 M014").split(),
+    },
+    Layout.DISFA: {
+        1: "SN003 SN004 SN005 SN007 SN008 SN017 SN023 SN025 SN029".split(),
+        2: "SN006 SN011 SN012 SN013 SN018 SN021 SN024 SN028 SN031".split(),
+        3: "SN001 SN002 SN009 SN010 SN016 SN026 SN027 SN030 SN032".split(),
+    },
+}
+
+
+def standard_fold_of(layout: Layout) -> dict[str, int]:
+    if layout not in STANDARD_FOLDS:
+        raise ValueError(f"no standard folds are built in for layout '{layout.value}'; "
+                         "use folds: kfold")
+    return {s: k for k, subjects in STANDARD_FOLDS[layout].items() for s in subjects}
+
+
+def kfold_of(subjects: list[str], n_folds: int, seed: int = 0) -> dict[str, int]:
+    """Subject-exclusive k-fold (scikit-learn GroupKFold over a seeded subject order)."""
+    uniq = sorted(set(subjects))
+    if len(uniq) < n_folds:
+        raise ValueError(f"{len(uniq)} subjects cannot make {n_folds} subject-exclusive folds")
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    groups = np.array(uniq)[order]
+    out: dict[str, int] = {}
+    for k, (_, test) in enumerate(GroupKFold(n_splits=n_folds).split(groups, groups=groups), 1):
+        for s in groups[test]:
+            out[str(s)] = k
+    return out
+
+
+def assign_folds(df: pd.DataFrame, cfg: DatasetConfig, report: ManifestReport) -> pd.DataFrame:
+    """Set the `fold` column; subjects in no fold are bad input (named)."""
+    if cfg.folds is FoldScheme.COLUMN:
+        if "fold" not in df or df["fold"].isna().any():
+            raise ValueError(f"dataset '{cfg.name}': folds: column needs a fold for every row")
+        return df.assign(fold=df["fold"].astype(int))
+    mapping = (standard_fold_of(cfg.layout) if cfg.folds is FoldScheme.STANDARD
+               else kfold_of(df["subject"].astype(str).tolist(), cfg.n_folds))
+    fold = df["subject"].map(mapping)
+    missing = fold.isna()
+    if missing.any():
+        for subject, n in df.loc[missing, "subject"].value_counts().items():
+            report.bad("subject_in_no_fold", f"subject {subject}",
+                       f"{n} frames of a subject that is in none of the standard folds", n=n)
+        df, fold = df[~missing], fold[~missing]
+    return df.assign(fold=fold.astype(int))
+
+
+def test_subjects(df: pd.DataFrame, fold: int) -> set[str]:
+    return set(df.loc[df["fold"] == fold, "subject"].astype(str))
+
+
+def holdout_subjects(train_subjects: list[str], fraction: float, seed: int) -> list[str]:
+    """Held-out *training* subjects for model selection (never the test fold)."""
+    uniq = sorted(set(train_subjects))
+    n = max(1, int(round(len(uniq) * fraction)))
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(uniq, size=min(n, len(uniq) - 1), replace=False).tolist())

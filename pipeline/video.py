@@ -1,0 +1,88 @@
+"""Image and video decoding with OpenCV (shipped with face-alignment's dependencies).
+
+Images come back RGB uint8 (H, W, 3) whatever their channels; videos are decoded as a stream,
+one frame at a time, so memory does not grow with video length.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+
+class MediaError(ValueError):
+    """A file that cannot be decoded; the message names it."""
+
+
+def to_rgb(img: np.ndarray, where: str) -> np.ndarray:
+    if img.ndim == 2:  # grayscale
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.ndim == 3 and img.shape[2] == 4:  # BGRA
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    if img.ndim == 3 and img.shape[2] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    raise MediaError(f"{where}: unsupported image shape {img.shape}")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; MediaError naming the file when missing, corrupt or truncated."""
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(f"{path}: image not found")
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        raise MediaError(f"{path}: empty file")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise MediaError(f"{path}: not a decodable image (corrupt or truncated)")
+    if img.dtype != np.uint8:  # 16-bit PNGs and the like
+        img = cv2.convertScaleAbs(img, alpha=255.0 / max(float(img.max()), 1.0))
+    return to_rgb(img, str(path))
+
+
+def frame_count(path: str | Path) -> int:
+    """Frames a video holds, as its container reports them (0 when unreadable)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    finally:
+        cap.release()
+
+
+def video_fps(path: str | Path) -> float:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    finally:
+        cap.release()
+
+
+def iter_video(path: str | Path, wanted: set[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Stream (0-based index, RGB frame) pairs; only `wanted` indices are converted and yielded."""
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(f"{path}: video not found")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: zero-length video")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise MediaError(f"{path}: not a decodable video")
+    last = max(wanted) if wanted else None
+    try:
+        i = 0
+        while True:
+            if last is not None and i > last:
+                break
+            if wanted is not None and i not in wanted:
+                if not cap.grab():
+                    break
+            else:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                yield i, to_rgb(frame, f"{path} frame {i}")
+            i += 1
+    finally:
+        cap.release()

@@ -1,0 +1,114 @@
+"""Stage 0: read a dataset on disk into the manifest table (one row per frame)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline.config import RunConfig
+from pipeline.datasets import WITH_INTENSITY, read_dataset
+from pipeline.folds import assign_folds
+from pipeline.labels import positive_rates
+from pipeline.manifest import ManifestReport, finalize, label_matrix
+from store.catalog import Catalog
+from store.provenance import (code_version, fingerprint, is_current, read_provenance,
+                              write_json, write_provenance, write_table)
+
+STAGE = "manifest"
+CODE_MODULES = ("stages.manifest", "pipeline.manifest", "pipeline.folds", "pipeline.datasets",
+                "pipeline.datasets.generic", "pipeline.datasets.demo", "pipeline.datasets.bp4d",
+                "pipeline.datasets.disfa", "pipeline.datasets.affwild2", "pipeline.datasets.listfmt")
+
+
+@dataclass(frozen=True)
+class ManifestUnit:
+    dataset: str
+
+
+def _params(cfg: RunConfig) -> dict:
+    return cfg.section("dataset")
+
+
+def _inputs(cfg: RunConfig) -> dict[str, str]:
+    """Cheap fingerprint of the dataset's label files: names, sizes and mtimes."""
+    d = cfg.dataset
+    files = [p for p in (d.manifest_file, d.list_paths, d.list_labels) if p and p.exists()]
+    if not files and d.root.exists():
+        files = sorted(p for p in d.root.rglob("*") if p.suffix.lower() in (".csv", ".txt", ".parquet", ".json"))
+    return {"label_files": fingerprint([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])}
+
+
+def _code() -> str:
+    import importlib.util
+
+    return code_version(*[m for m in CODE_MODULES if importlib.util.find_spec(m)])
+
+
+def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False) -> list[ManifestUnit]:
+    out = catalog.manifest(cfg.dataset.name)
+    if not force and is_current(out, config=_params(cfg), code=_code(), inputs=_inputs(cfg)):
+        return []
+    return [ManifestUnit(cfg.dataset.name)]
+
+
+def run_unit(cfg: RunConfig, catalog: Catalog, unit: ManifestUnit) -> dict:
+    d = cfg.dataset
+    report = ManifestReport(policy=d.on_bad_input)
+    df = read_dataset(d, report)
+    df = assign_folds(df, d, report) if not df.empty else df
+    table = finalize(df, d.name, d.au_set, report, intensity=d.layout in WITH_INTENSITY)
+    out = catalog.manifest(d.name)
+    with catalog.lock(d.name, STAGE):
+        write_table(out, table)
+        summary = summarize(table, d.au_set) | {"report": report.as_dict(table.num_rows)}
+        write_json(catalog.manifest_report(d.name), summary)
+        write_provenance(out, stage=STAGE, config=_params(cfg), code=_code(), inputs=_inputs(cfg),
+                         extra={"rows": table.num_rows})
+    return summary
+
+
+def summarize(table, au_set) -> dict:
+    df = table.to_pandas()
+    y = label_matrix(df, au_set)
+    rates = positive_rates(y)
+    return {
+        "frames": int(len(df)),
+        "subjects": int(df["subject"].nunique()),
+        "videos": int(df["video_id"].nunique()),
+        "folds": {int(k): int(v) for k, v in df["fold"].value_counts().sort_index().items()},
+        "positive_rate": {c: (None if np.isnan(r) else round(float(r), 4))
+                          for c, r in zip(au_set.columns, rates)},
+        "unknown_labels": int(np.isnan(y).sum()),
+    }
+
+
+def finish(cfg: RunConfig, catalog: Catalog, results: list[dict]) -> dict:
+    if results:
+        summary = results[0]
+        summary["skipped"] = False
+    else:
+        import json
+
+        summary = json.loads(catalog.manifest_report(cfg.dataset.name).read_text())
+        summary["skipped"] = True
+    summary["path"] = str(catalog.manifest(cfg.dataset.name))
+    return summary
+
+
+def run(cfg: RunConfig, catalog: Catalog, *, force: bool = False, progress: bool = True,
+        client=None) -> dict:
+    return finish(cfg, catalog, [run_unit(cfg, catalog, u) for u in plan(cfg, catalog, force=force)])
+
+
+def load(catalog: Catalog, dataset: str):
+    """The manifest as an Arrow table (raises naming the path when it was never built)."""
+    path = catalog.manifest(dataset)
+    if not path.exists():
+        raise FileNotFoundError(f"no manifest for dataset '{dataset}' at {path}; run `aunet manifest` first")
+    return pq.read_table(path)
+
+
+def manifest_key(catalog: Catalog, dataset: str) -> str:
+    rec = read_provenance(catalog.manifest(dataset))
+    return rec["key"] if rec else "missing"
