@@ -1,0 +1,213 @@
+"""The feature store: frozen-FAN features per frame in one Zarr v3 group, and its reader.
+
+Layout (docs/architecture.md "Feature store"; numbers behind the choices in docs/features.md):
+
+    features    float16 (N, C, H, W)   one frame per inner chunk, `frames_per_shard` per shard file
+    valid       bool (N,)              features computed (a face was found)
+    shard_done  bool (n_shards,)       completion record, set only after the shard's data is written
+    shard_key   uint8 (n_shards, 64)   ASCII fingerprint of the inputs each done shard was made from
+    attrs       provenance (dict), random_weights (bool), frames_per_shard, shard_keys (summary)
+
+One frame per inner chunk makes a random frame cost one ~2.6 MB decode instead of a whole
+multi-frame block; sharding keeps the number of files at N / frames_per_shard. `valid`,
+`shard_done` and `shard_key` are chunked so that each shard owns its own chunks: workers in
+different processes write different shards without read-modify-write races on shared chunks
+(which is also why per-shard keys live in an array, not in the group attributes).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+
+FEATURE_CHANNELS = 768  # F_l (256) + H1*A (256) + H2*A (256)
+FEATURE_SIZE = 64  # 256x256 crop -> 64x64 feature map
+KEY_BYTES = 64  # room for a fingerprint / sha256 hex digest per shard
+CODECS = ("blosc-lz4", "blosc-zstd", "zstd", "none")
+BLOSC_LEVEL = 5
+ZSTD_LEVEL = 3
+
+
+def _compressors(codec: str) -> Any:
+    if codec == "blosc-lz4":
+        # byte shuffle groups the float16 high/low bytes: 0.42 of raw at ~185 MB/s write
+        return [BloscCodec(cname="lz4", clevel=BLOSC_LEVEL, shuffle=BloscShuffle.shuffle)]
+    if codec == "blosc-zstd":
+        return [BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle=BloscShuffle.shuffle)]
+    if codec == "zstd":
+        return [ZstdCodec(level=ZSTD_LEVEL)]
+    if codec == "none":
+        return None
+    raise ValueError(f"unknown feature codec {codec!r}; choose one of {CODECS}")
+
+
+def n_shards_for(n_frames: int, frames_per_shard: int) -> int:
+    return max(1, -(-int(n_frames) // int(frames_per_shard)))
+
+
+def shard_range(shard_index: int, n_frames: int, frames_per_shard: int) -> tuple[int, int]:
+    """[start, stop) rows of a shard; the last one may be short."""
+    start = shard_index * frames_per_shard
+    if shard_index < 0 or start >= max(n_frames, 1):
+        raise IndexError(f"shard {shard_index} out of range for {n_frames} frames "
+                         f"({frames_per_shard} per shard)")
+    return start, min(start + frames_per_shard, n_frames)
+
+
+def create_feature_store(path: str | Path, n_frames: int, *, channels: int = FEATURE_CHANNELS,
+                         size: int = FEATURE_SIZE, dtype: str = "float16",
+                         frames_per_shard: int = 32, codec: str = "blosc-lz4",
+                         attrs: dict) -> zarr.Group:
+    """Create (overwriting) an empty feature store; `attrs` should hold `provenance`."""
+    if n_frames < 1:
+        raise ValueError(f"a feature store needs at least one frame, got n_frames={n_frames}")
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"feature dtype must be float16 or float32, got {dtype!r}")
+    fps = int(frames_per_shard)
+    n_shards = n_shards_for(n_frames, fps)
+    compressors = _compressors(codec)
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    # the outer shard must divide evenly into inner chunks; the array's last shard may be partial
+    group.create_array("features", shape=(n_frames, channels, size, size), dtype=dtype,
+                       chunks=(1, channels, size, size), shards=(fps, channels, size, size),
+                       compressors=compressors, fill_value=0)
+    group.create_array("valid", shape=(n_frames,), dtype="bool", chunks=(fps,), fill_value=False)
+    group.create_array("shard_done", shape=(n_shards,), dtype="bool", chunks=(1,),
+                       fill_value=False)
+    group.create_array("shard_key", shape=(n_shards, KEY_BYTES), dtype="uint8",
+                       chunks=(1, KEY_BYTES), fill_value=0)
+    meta = dict(attrs)
+    meta.setdefault("provenance", {})
+    meta.setdefault("random_weights", bool(meta["provenance"].get("random_weights", False)))
+    meta.update(frames_per_shard=fps, codec=codec, shard_keys={})
+    group.attrs.update(meta)
+    return group
+
+
+def write_shard(group: zarr.Group, shard_index: int, features: np.ndarray,
+                valid: np.ndarray) -> None:
+    """Write one whole shard's features (n, C, H, W) and valid flags (n,); n = the shard's rows."""
+    fps = int(group.attrs["frames_per_shard"])
+    arr = group["features"]
+    n_frames = arr.shape[0]
+    start, stop = shard_range(shard_index, n_frames, fps)
+    n = stop - start
+    if features.shape != (n, *arr.shape[1:]):
+        raise ValueError(f"shard {shard_index} (rows {start}..{stop - 1}) needs features of shape "
+                         f"{(n, *arr.shape[1:])}, got {tuple(features.shape)}")
+    if np.shape(valid) != (n,):
+        raise ValueError(f"shard {shard_index} needs valid of shape ({n},), got {np.shape(valid)}")
+    # one write per whole shard: zarr encodes the shard file once (no read-modify-write)
+    arr[start:stop] = np.asarray(features, dtype=arr.dtype)
+    group["valid"][start:stop] = np.asarray(valid, dtype=bool)
+
+
+def mark_done(group: zarr.Group, shard_index: int, key: str) -> None:
+    """Record a shard as complete; call only after write_shard returned."""
+    raw = key.encode("ascii")
+    if len(raw) > KEY_BYTES:
+        raise ValueError(f"shard key longer than {KEY_BYTES} bytes: {key!r}")
+    buf = np.zeros(KEY_BYTES, dtype=np.uint8)
+    buf[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    group["shard_key"][shard_index] = buf  # key first, flag last: a flag never points at no key
+    group["shard_done"][shard_index] = True
+
+
+def done_shards(group: zarr.Group) -> dict[int, str]:
+    """{shard index: key} of every shard marked done."""
+    done = np.asarray(group["shard_done"][:])
+    keys = np.asarray(group["shard_key"][:])
+    return {int(i): bytes(keys[i]).rstrip(b"\0").decode("ascii") for i in np.flatnonzero(done)}
+
+
+def summarise_shard_keys(group: zarr.Group) -> None:
+    """Copy the per-shard keys into the group attribute `shard_keys` (one writer, at the end)."""
+    group.attrs["shard_keys"] = {str(i): k for i, k in done_shards(group).items()}
+
+
+class FeatureStore:
+    """Read-only access to a feature store; picklable (reopens lazily in each process)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").exists():
+            raise FileNotFoundError(f"no feature store at {self.path} (run the features stage)")
+        self._open()
+
+    def _open(self) -> None:
+        self._group = zarr.open_group(str(self.path), mode="r")
+        try:
+            self._features = self._group["features"]
+            self._valid_arr = self._group["valid"]
+        except KeyError as e:
+            raise ValueError(f"{self.path} is not a feature store (missing array {e})") from None
+        self._valid: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.path = state["path"]
+        self._open()
+
+    @property
+    def n_frames(self) -> int:
+        return int(self._features.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self._features.shape[1:])  # (C, H, W)
+
+    @property
+    def frames_per_shard(self) -> int:
+        return int(self._group.attrs["frames_per_shard"])
+
+    @property
+    def valid(self) -> np.ndarray:
+        if self._valid is None:
+            self._valid = np.asarray(self._valid_arr[:], dtype=bool)  # (N,)
+        return self._valid
+
+    @property
+    def provenance(self) -> dict:
+        return dict(self._group.attrs.get("provenance", {}))
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self._group.attrs.get("random_weights",
+                                          self.provenance.get("random_weights", False)))
+
+    def shard_of(self, row: int) -> int:
+        return int(row) // self.frames_per_shard
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Features of `rows` (any order, duplicates allowed) as float32 (B, C, H, W)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size == 0:
+            return np.zeros((0, *self.shape), dtype=np.float32)
+        if rows.min() < 0 or rows.max() >= self.n_frames:
+            bad = rows[(rows < 0) | (rows >= self.n_frames)]
+            raise IndexError(f"rows {bad[:10].tolist()} out of range for {self.n_frames} frames "
+                             f"in {self.path}")
+        uniq, inverse = np.unique(rows, return_inverse=True)  # sorted: contiguous reads
+        if uniq.size == uniq[-1] - uniq[0] + 1:
+            block = self._features[int(uniq[0]):int(uniq[-1]) + 1]  # (U, C, H, W)
+        else:
+            # orthogonal selection decodes only the needed inner chunks, concurrently
+            block = self._features.get_orthogonal_selection((uniq,))  # (U, C, H, W)
+        out = block[inverse] if uniq.size != rows.size or not np.array_equal(uniq, rows) else block
+        return out.astype(np.float32, copy=False)
+
+    def dask(self):
+        """dask array (N, C, H, W) over the features, one dask chunk per shard."""
+        import dask.array as da
+
+        return da.from_array(self._features, chunks=(self.frames_per_shard, *self.shape),
+                             name=f"features-{self.path}", inline_array=True)
+
+    def __repr__(self) -> str:
+        return (f"FeatureStore({str(self.path)!r}, n_frames={self.n_frames}, shape={self.shape}, "
+                f"random_weights={self.random_weights})")
