@@ -174,7 +174,8 @@ class EvalConfig(Strict):
 class DaskConfig(Strict):
     address: Optional[str] = None  # an existing scheduler; None: a local cluster
     n_workers: int = 1
-    threads_per_worker: int = 2
+    # One task at a time per worker: torch's own threads use the cores inside a task.
+    threads_per_worker: int = 1
 
 
 class RunConfig(Strict):

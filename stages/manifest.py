@@ -59,12 +59,11 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: ManifestUnit) -> dict:
     df = assign_folds(df, d, report) if not df.empty else df
     table = finalize(df, d.name, d.au_set, report, intensity=d.layout in WITH_INTENSITY)
     out = catalog.manifest(d.name)
-    with catalog.lock(d.name, STAGE):
-        write_table(out, table)
-        summary = summarize(table, d.au_set) | {"report": report.as_dict(table.num_rows)}
-        write_json(catalog.manifest_report(d.name), summary)
-        write_provenance(out, stage=STAGE, config=_params(cfg), code=_code(), inputs=_inputs(cfg),
-                         extra={"rows": table.num_rows})
+    write_table(out, table)
+    summary = summarize(table, d.au_set) | {"report": report.as_dict(table.num_rows)}
+    write_json(catalog.manifest_report(d.name), summary)
+    write_provenance(out, stage=STAGE, config=_params(cfg), code=_code(), inputs=_inputs(cfg),
+                     extra={"rows": table.num_rows})
     return summary
 
 
@@ -98,7 +97,9 @@ def finish(cfg: RunConfig, catalog: Catalog, results: list[dict]) -> dict:
 
 def run(cfg: RunConfig, catalog: Catalog, *, force: bool = False, progress: bool = True,
         client=None) -> dict:
-    return finish(cfg, catalog, [run_unit(cfg, catalog, u) for u in plan(cfg, catalog, force=force)])
+    with catalog.lock(cfg.dataset.name, STAGE):
+        units = plan(cfg, catalog, force=force)
+        return finish(cfg, catalog, [run_unit(cfg, catalog, u) for u in units])
 
 
 def load(catalog: Catalog, dataset: str):
