@@ -1,0 +1,68 @@
+"""Golden tests: t and p equal scipy's; subject test and bootstrap are deterministic."""
+import numpy as np
+import pytest
+from scipy import stats
+
+from pipeline.stats import (PairedUnit, bootstrap_f1_diff, frame_scores, frame_test,
+                            subject_f1, subject_test)
+
+
+def _pair(seed=0, n=120):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 4)) < 0.35).astype(float)
+    flip_a, flip_b = rng.random((n, 4)) < 0.30, rng.random((n, 4)) < 0.15
+    a, b = np.where(flip_a, 1 - y, y), np.where(flip_b, 1 - y, y)
+    y[rng.random((n, 4)) < 0.05] = np.nan
+    subjects = np.array([f"S{i % 6}" for i in range(n)])
+    return a, b, y, subjects
+
+
+def test_hand_built_pair_equals_scipy():
+    y = np.array([[1, 0], [0, 0], [1, 1], [0, 1], [1, 1]], float)
+    a = np.array([[0, 0], [1, 0], [1, 0], [0, 1], [0, 1]], float)
+    b = np.array([[1, 0], [0, 0], [1, 1], [0, 0], [1, 1]], float)
+    acc_a, acc_b = np.array([.5, .5, .5, 1, .5]), np.array([1, 1, 1, .5, 1])
+    np.testing.assert_allclose(frame_scores(a, y, PairedUnit.FRAME_ACCURACY), acc_a)
+    ref = stats.ttest_rel(acc_a, acc_b)
+    res = frame_test(a, b, y)
+    assert res["t"] == pytest.approx(ref.statistic) and res["p"] == pytest.approx(ref.pvalue)
+    assert res["n"] == 5 and res["diff"] == pytest.approx(acc_b.mean() - acc_a.mean())
+    # frame F1: 2|Y&P| / (|Y|+|P|), 1 when both empty
+    np.testing.assert_allclose(frame_scores(a, y, PairedUnit.FRAME_F1), [0, 0, 2 / 3, 1, 2 / 3])
+
+
+def test_no_face_frames_are_left_out_of_the_pair():
+    a, b, y, _ = _pair()
+    a2 = a.copy()
+    a2[:10] = np.nan
+    res = frame_test(a2, b, y)
+    ref = frame_test(a[10:], b[10:], y[10:])
+    assert res["n"] == ref["n"] and res["t"] == pytest.approx(ref["t"])
+
+
+def test_subject_f1_skips_absent_aus():
+    y = np.array([[1, 0], [0, 0]], float)
+    pred = np.array([[1, 1], [0, 1]], float)
+    names, f1 = subject_f1(pred, y, ["S1", "S1"])
+    assert list(names) == ["S1"] and f1[0] == 1.0  # AU2 never shown: not averaged in
+
+
+def test_subject_test_and_bootstrap_deterministic():
+    a, b, y, subj = _pair()
+    s1, s2 = subject_test(a, b, y, subj), subject_test(a, b, y, subj)
+    assert s1 == s2 and s1["n"] == 6
+    _, fa = subject_f1(a, y, subj)
+    _, fb = subject_f1(b, y, subj)
+    ref = stats.ttest_rel(fa, fb)
+    assert s1["t"] == pytest.approx(ref.statistic) and s1["p"] == pytest.approx(ref.pvalue)
+    b1 = bootstrap_f1_diff(a, b, y, subj, n_boot=300, seed=7)
+    b2 = bootstrap_f1_diff(a, b, y, subj[::-1][::-1].copy(), n_boot=300, seed=7)
+    assert b1 == b2
+    assert b1["lo"] <= b1["diff"] <= b1["hi"] and b1["diff"] > 0  # b has fewer errors
+    b3 = bootstrap_f1_diff(a, b, y, subj, n_boot=300, seed=8)
+    assert b3["diff"] == b1["diff"] and (b3["lo"], b3["hi"]) != (b1["lo"], b1["hi"])
+
+
+def test_shape_mismatch_refused():
+    with pytest.raises(ValueError, match="same frames"):
+        frame_test(np.zeros((3, 2)), np.zeros((4, 2)), np.zeros((3, 2)))
