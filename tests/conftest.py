@@ -1,0 +1,58 @@
+"""Shared fixtures: the read-only `../shared` folder, a temporary artifact store, tiny media."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from store.catalog import Catalog
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+TINY = 16  # side of the tiny test images (pixels): decodable, and fast to write
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """`../shared` beside the repository; tests that need it skip where it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"../shared not found at {SHARED}: real label tables, media and weights are "
+                    "only on the project's machines")
+    return SHARED
+
+
+@pytest.fixture
+def tmp_store(tmp_path: Path) -> Catalog:
+    """An empty artifact store under the test's temporary folder."""
+    return Catalog(tmp_path / "store")
+
+
+def _write_image(path: Path, seed: int = 0) -> Path:
+    """A tiny real JPEG / PNG (by extension) written with OpenCV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = np.random.default_rng(seed).integers(0, 256, (TINY, TINY, 3), dtype=np.uint8)
+    if not cv2.imwrite(str(path), img):
+        raise OSError(f"cv2 could not write {path}")
+    return path
+
+
+def _write_video(path: Path, n_frames: int) -> Path:
+    """A tiny real mp4v / avi video of `n_frames` frames."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix == ".mp4" else "MJPG"))
+    writer = cv2.VideoWriter(str(path), fourcc, 20.0, (32, 32))
+    for i in range(n_frames):
+        writer.write(np.full((32, 32, 3), (i * 7) % 256, dtype=np.uint8))
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def write_image():
+    return _write_image
+
+
+@pytest.fixture
+def write_video():
+    return _write_video
