@@ -162,6 +162,10 @@ class FeatureStore:
         return tuple(int(s) for s in self._features.shape[1:])  # (C, H, W)
 
     @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(str(self._features.dtype))  # as stored (float16 by default)
+
+    @property
     def frames_per_shard(self) -> int:
         return int(self._group.attrs["frames_per_shard"])
 
