@@ -233,3 +233,175 @@ def test_disfa_bad_input(disfa, tmp_path, case):
 def test_disfa_frames_source_missing_image(disfa, tmp_path):
     check_bad(lambda: disfa("frames"), lambda r: (r / "frames/SN003/2.png").unlink(), "no_image",
               "SN003_au1.txt:3", 1, 2 * DISFA_N - 1, tmp_path)
+
+
+# -- Aff-Wild2 (ABAW) ------------------------------------------------------------------------
+ABAW_HEADER = "AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26"
+AW_VIDEOS = {"Train_Set": ("vidA_left", "vidA_right"), "Validation_Set": ("vidB",)}
+AW_FRAMES = 4
+
+
+def aw_value(video: str, frame: int, j: int) -> str:
+    if (video, frame) == ("vidB", 3):
+        return "-1"  # a no-face frame: -1 throughout and no crop in the release
+    return ("-1", "0", "1")[(frame + j + len(video)) % 3]
+
+
+def _aw_file(root: Path, split: str, video: str) -> Path:
+    return root / split / f"{video}.txt"
+
+
+@pytest.fixture
+def affwild2(tmp_path, write_image):
+    root = tmp_path / "AffWild2"
+    for split, videos in AW_VIDEOS.items():
+        for v in videos:
+            rows = [",".join(aw_value(v, f, j) for j in range(12)) for f in range(1, AW_FRAMES + 1)]
+            p = _aw_file(root, split, v)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text("\n".join([ABAW_HEADER, *rows]) + "\n")
+            for f in range(1, AW_FRAMES + 2 if v == "vidA_left" else AW_FRAMES + 1):
+                if (v, f) != ("vidB", 3):
+                    write_image(root / "cropped_aligned" / v / f"{f:05d}.jpg", seed=f)
+    return lambda: DatasetConfig(name="aw", layout=Layout.AFFWILD2, root=root, au_set=AUSet.ABAW12,
+                                 folds=FoldScheme.COLUMN)
+
+
+@pytest.mark.parametrize("au_set", [AUSet.ABAW12, AUSet.AFFWILD2_PAPER])
+def test_affwild2_reads_back_exactly(affwild2, tmp_path, au_set):
+    df, report = build(affwild2().model_copy(update={"au_set": au_set}), tmp_path)
+    expect = [(v, f) for v in ("vidA_left", "vidA_right", "vidB") for f in range(1, AW_FRAMES + 1)
+              if (v, f) != ("vidB", 3)]
+    assert list(zip(df.video_id, df.frame)) == expect
+    assert list(df.subject) == ["vidA"] * 8 + ["vidB"] * 3  # _left / _right are one person
+    assert list(df.fold) == [0] * 8 + [1] * 3  # Validation_Set is the test fold
+    assert df.image_path[0].endswith("cropped_aligned/vidA_left/00001.jpg")
+    header = [int(h[2:]) for h in ABAW_HEADER.split(",")]
+    want = np.array([[NAN if n not in header else
+                      {"-1": NAN, "0": 0, "1": 1}[aw_value(v, f, header.index(n))]
+                      for n in au_set.numbers] for v, f in expect])
+    np.testing.assert_array_equal(label_matrix(df, au_set), want)
+    if au_set is AUSet.AFFWILD2_PAPER:
+        assert df.AU20.isna().all()  # not in the ABAW header: unknown
+    assert report.left_out == {}
+    assert report.notes["frames labelled -1 throughout with no image (no face; left out)"] == 1
+    assert report.notes["images without labels (only a stretch of each task is coded; normal)"] == 1
+
+
+AW_BAD = {
+    "alphabet": (lambda r: _set_line(_aw_file(r, "Train_Set", "vidA_left"), 3, "2" + ",0" * 11),
+                 "label_out_of_alphabet", "vidA_left.txt:3", 1, 10),
+    "columns": (lambda r: _set_line(_aw_file(r, "Train_Set", "vidA_right"), 5, "0,1"),
+                "wrong_column_count", "vidA_right.txt:5", 1, 10),
+    "no_image": (lambda r: (r / "cropped_aligned/vidA_right/00002.jpg").unlink(),
+                 "no_image", "vidA_right.txt:3", 1, 10),
+    "header": (lambda r: _set_line(_aw_file(r, "Validation_Set", "vidB"), 1, "AU1,AU2,Foo"),
+               "bad_header", "vidB.txt:1", AW_FRAMES, 8),
+    "both_splits": (lambda r: shutil.copy(_aw_file(r, "Validation_Set", "vidB"),
+                                          _aw_file(r, "Train_Set", "vidB")),
+                    "video_in_both_splits", "Validation_Set/vidB.txt", AW_FRAMES, 11),
+    "unreadable": (lambda r: _aw_file(r, "Train_Set", "vidC").write_bytes(b"\xff\xfe\x00\x81"),
+                   "unreadable_label_file", "vidC.txt", 1, 11),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AW_BAD))
+def test_affwild2_bad_input(affwild2, tmp_path, case):
+    check_bad(affwild2, *AW_BAD[case], tmp_path)
+
+
+def test_affwild2_empty(tmp_path):
+    cfg = DatasetConfig(name="aw", layout=Layout.AFFWILD2, root=tmp_path, au_set=AUSet.ABAW12,
+                        folds=FoldScheme.COLUMN)
+    with pytest.raises(ManifestError, match="Train_Set.*empty dataset"):
+        read_dataset(cfg, ManifestReport())
+
+
+# -- community list format -------------------------------------------------------------------
+# (path as written in the list, absolute?, expected subject, session, frame)
+LIST_ROWS = [("F001/T1/1.jpg", False, "F001", "T1", 1), ("F001/T1/2.jpg", False, "F001", "T1", 2),
+             ("M003/T2/5.jpg", True, "M003", "T2", 5), ("flat/a.jpg", False, "flat", "", 4),
+             ("SN001/7.png", False, "SN001", "", 7)]
+
+
+def list_labels(i: int) -> list[int]:
+    return [(i + j) % 2 for j in range(12)]
+
+
+@pytest.fixture
+def listfmt(tmp_path, write_image):
+    root = tmp_path / "list"
+    lines = []
+    for rel, absolute, *_ in LIST_ROWS:
+        write_image(root / rel)
+        lines.append(str(root / rel) if absolute else rel)
+    (tmp_path / "paths.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "labels.txt").write_text(
+        "".join(" ".join(map(str, list_labels(i))) + "\n" for i in range(len(LIST_ROWS))))
+    return lambda: DatasetConfig(name="lst", layout=Layout.LIST, root=root, au_set=AUSet.BP4D,
+                                 list_paths=tmp_path / "paths.txt", list_labels=tmp_path / "labels.txt",
+                                 folds=FoldScheme.KFOLD, n_folds=3)
+
+
+def test_list_reads_back_exactly(listfmt, tmp_path):
+    df, report = build(listfmt(), tmp_path)
+    got = {(s, se, f): (p, tuple(y)) for s, se, f, p, y in
+           zip(df.subject, df.session, df.frame, df.image_path, label_matrix(df, AUSet.BP4D))}
+    want = {(s, se, f): (str(tmp_path / "list" / rel), tuple(list_labels(i)))
+            for i, (rel, _, s, se, f) in enumerate(LIST_ROWS)}
+    assert got == want
+    assert df.groupby("subject")["fold"].nunique().max() == 1  # subject-exclusive
+    assert set(df.fold) == {1, 2, 3} and report.left_out == {}
+
+
+LIST_BAD = {
+    "columns": (lambda r: _set_line(r.parent / "labels.txt", 2, "0 1 0"), "wrong_column_count",
+                "labels.txt:2", 1, 4),
+    "alphabet": (lambda r: _set_line(r.parent / "labels.txt", 3, "9" + " 0" * 11),
+                 "label_out_of_alphabet", "labels.txt:3", 1, 4),
+    "no_image": (lambda r: (r / "F001/T1/1.jpg").unlink(), "no_image", "paths.txt:1", 1, 4),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIST_BAD))
+def test_list_bad_input(listfmt, tmp_path, case):
+    check_bad(listfmt, *LIST_BAD[case], tmp_path)
+
+
+@pytest.mark.parametrize("policy", list(OnBadInput))
+def test_list_line_count_mismatch_is_always_an_error(listfmt, policy):
+    cfg = listfmt().model_copy(update={"on_bad_input": policy})
+    _append(cfg.list_labels, "0" + " 0" * 11 + "\n")
+    with pytest.raises(ManifestError, match=r"labels\.txt:6: .*row-aligned.*5 lines.*6"):
+        read_dataset(cfg, ManifestReport(policy=policy))
+
+
+# -- generic CSV manifest --------------------------------------------------------------------
+@pytest.fixture
+def generic(tmp_path, write_image, write_video):
+    root = tmp_path / "mine"
+    write_image(root / "img" / "a.jpg")
+    write_video(root / "vid" / "clip.mp4", 5)
+    (root / "manifest.csv").write_text("subject,image_path,video_path,fold,AU01,AU02\n"
+                                       "S1,img/a.jpg,,1,1,\n"
+                                       "S2,,vid/clip.mp4,2,0,1\n")
+    return lambda: DatasetConfig(name="mine", layout=Layout.MANIFEST, root=root, au_set=AUSet.BP4D,
+                                 manifest_file=root / "manifest.csv", folds=FoldScheme.COLUMN)
+
+
+def test_generic_manifest_expands_a_video_row(generic, tmp_path):
+    df, report = build(generic(), tmp_path)
+    assert list(df.subject) == ["S1"] + ["S2"] * 5
+    assert list(df.video_id) == ["S1/"] + ["S2/clip"] * 5
+    assert list(df.frame) == [0, 0, 1, 2, 3, 4]
+    assert df.video_frame[1:].tolist() == [0, 1, 2, 3, 4] and pd.isna(df.video_frame[0])
+    assert df.image_path[0].endswith("img/a.jpg") and df.video_path[1].endswith("vid/clip.mp4")
+    assert list(df.fold) == [1, 2, 2, 2, 2, 2]
+    y = label_matrix(df, AUSet.BP4D)  # (6, 12): only AU01 and AU02 given
+    np.testing.assert_array_equal(y[:, :2], [[1, NAN]] + [[0, 1]] * 5)
+    assert np.isnan(y[:, 2:]).all() and report.left_out == {}
+
+
+def test_generic_manifest_bad_label(generic, tmp_path):
+    check_bad(generic, lambda r: _set_line(r / "manifest.csv", 2, "S1,img/a.jpg,,1,2,"),
+              "label_out_of_alphabet", "manifest.csv:2", 1, 5, tmp_path)
