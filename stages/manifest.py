@@ -113,3 +113,30 @@ def load(catalog: Catalog, dataset: str):
 def manifest_key(catalog: Catalog, dataset: str) -> str:
     rec = read_provenance(catalog.manifest(dataset))
     return rec["key"] if rec else "missing"
+
+
+def format_summary(summary: dict) -> str:
+    """The manifest stage's summary as text: counts, folds, positive rates, what was left out."""
+    report = summary.get("report", {})
+    head = f"manifest: {summary.get('path', '')}"
+    if summary.get("skipped"):
+        head += "  [skipped (up to date)]"
+    lines = [head,
+             f"  frames {summary['frames']}   subjects {summary['subjects']}   "
+             f"videos {summary['videos']}   unknown labels {summary.get('unknown_labels', 0)}"]
+    # JSON round trips turn the fold numbers into strings: sort them as numbers.
+    folds = sorted(summary.get("folds", {}).items(), key=lambda kv: int(kv[0]))
+    lines.append("  frames per fold: " + "  ".join(
+        f"{k}{' (never tested)' if int(k) == 0 else ''}: {v}" for k, v in folds))
+    rates = summary.get("positive_rate", {})
+    lines.append("  positive rate per AU:")
+    cells = [f"{c} {'-' if r is None else f'{r:.3f}'}" for c, r in rates.items()]
+    lines += ["    " + "   ".join(cells[i:i + 6]) for i in range(0, len(cells), 6)]
+    left = report.get("left_out", {})
+    lines.append(f"  frames left out: {report.get('left_out_total', 0)}")
+    for reason, n in sorted(left.items(), key=lambda kv: -kv[1]):
+        lines.append(f"    {reason}: {n}")
+        lines += [f"      e.g. {ex}" for ex in report.get("examples", {}).get(reason, [])[:3]]
+    for what, n in sorted(report.get("notes", {}).items()):
+        lines.append(f"  note: {what}: {n}")
+    return "\n".join(lines)
