@@ -86,6 +86,9 @@ class FacesConfig(Strict):
     # Template eye distance as a fraction of the crop width; smaller = more margin around the face.
     eye_distance: float = Field(0.30, gt=0.05, lt=0.8)
     min_face_px: int = 24  # faces smaller than this (box side) are not kept
+    # Box-only crops (SFD, manifest boxes without landmarks): a square around the box grown by
+    # this fraction of its side on every edge.
+    box_margin: float = Field(0.25, ge=0, le=2)
     chunk_frames: int = Field(64, ge=1)  # crops per Zarr chunk block / per resumable unit
 
 
