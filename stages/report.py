@@ -1,0 +1,309 @@
+"""Stage 6: render the latest evaluation run as paper-style tables (Markdown, HTML) and PNGs,
+and answer SQL over the report tables (`run_query`, DuckDB).
+
+Everything is read from the Parquet report tables of the dataset's latest complete run, so a
+report can be rebuilt at any time without the models or features.
+"""
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from pipeline.config import RunConfig
+from store import tables
+from store.catalog import Catalog
+from store.provenance import (RANDOM_WEIGHTS_BANNER, atomic_path, code_version, is_current,
+                              read_provenance, write_provenance)
+
+STAGE = "report"
+CODE_MODULES = ("stages.report", "stages.report_figures", "store.tables")
+VARIANT_NAMES = {"au_fan": "AU-FAN", "au_vae": "AU-VAE", "au_tdn": "AU-TDN", "aunet": "AUNet",
+                 "fan_backbone": "frozen FAN"}
+UNIT_NAMES = {"frame_accuracy": "frame: accuracy over AUs", "frame_f1": "frame: example F1",
+              "subject_f1": "subject: F1 over AUs", "avg_f1": "Avg F1, subjects resampled"}
+MAX_QUERY_ROWS = 200  # rows printed by run_query
+
+
+@dataclass(frozen=True)
+class ReportUnit:
+    dataset: str
+    run: str
+
+
+def _name(v: str) -> str:
+    return VARIANT_NAMES.get(v, v)
+
+
+def _num(x, fmt: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub Markdown table; first column left-aligned, the others right-aligned."""
+    align = [":---"] + ["---:"] * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def f1_table(metrics: pd.DataFrame, eval_dataset: str, fold: str) -> tuple[list[str], list[list[str]]]:
+    """Per-AU F1 (%) by variant, AUs as rows and Avg last (paper's Tables VII-IX layout)."""
+    m = metrics[(metrics.eval_dataset == eval_dataset) & (metrics.fold == fold)]
+    variants = [v for v in VARIANT_NAMES if v in set(m.variant)]
+    aus = list(dict.fromkeys(m.au))
+    f1 = m.pivot_table(index="au", columns="variant", values="f1", sort=False)
+    rows = [[au] + [_num(100 * f1.loc[au, v], ".1f") for v in variants] for au in aus]
+    return ["Methods"] + [_name(v) for v in variants], rows
+
+
+def significance_table(sig: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    header = ["Eval data", "Method", "Paired unit", "n", "t-statistic", "p-value",
+              "Diff (variant - AU-FAN)", "95% CI"]
+    rows = []
+    for r in sig.itertuples():
+        ci = "-" if math.isnan(r.ci_lo) else f"[{r.ci_lo:+.4f}, {r.ci_hi:+.4f}]"
+        rows.append([r.eval_dataset, _name(r.variant), UNIT_NAMES.get(r.unit, r.unit), str(r.n),
+                     _num(r.t, ".2f"), _num(r.p, ".3g"), _num(r.diff, "+.4f"), ci])
+    return header, rows
+
+
+def cooccurrence_table(cooc: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    header = ["Eval data", "Method", "Fold", "L2 distance", "L2 (rms)", "Dependency F1",
+              "Edges pred / label / matched", "Frames"]
+    rows = [[r.eval_dataset, _name(r.variant), r.fold, f"{r.l2:.3f}", f"{r.l2_rms:.3f}",
+             f"{100 * r.dependency_f1:.1f}", f"{r.edges_pred} / {r.edges_label} / {r.edges_matched}",
+             str(r.n)] for r in cooc.itertuples()]
+    return header, rows
+
+
+def complexity_table(comp: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    header = ["Method", "Trainable params (M)", "GFLOPs (torch)", "GMACs", "Paper params (M)",
+              "Paper GFLOPs"]
+    rows = [[_name(r.variant), f"{r.trainable_params / 1e6:.2f}", f"{r.gflops:.2f}", f"{r.gmacs:.2f}",
+             _num(r.paper_params_m, ".2f"), _num(r.paper_gflops, ".2f")] for r in comp.itertuples()]
+    return header, rows
+
+
+def sections(t: dict[str, pd.DataFrame], dataset: str, run: str, random_weights: bool
+             ) -> list[tuple[str, object]]:
+    """The report as (kind, content): kind 'h1' / 'h2' / 'p' (text) or 'table' ((header, rows))."""
+    out: list[tuple[str, object]] = []
+    if random_weights:
+        out.append(("banner", RANDOM_WEIGHTS_BANNER))
+    out.append(("h1", f"AU detection report: {dataset}, run {run}"))
+    metrics = t["metrics"]
+    for ev in sorted(metrics.eval_dataset.unique()):
+        kind = "within-dataset" if ev == dataset else f"cross-dataset (models trained on {dataset})"
+        titles = {"mean": f"F1 (%) on {ev}, {kind}: mean of per-fold F1 (the paper's protocol)",
+                  "pooled": f"F1 (%) on {ev}: pooled over the test frames of all folds"}
+        for fold, title in titles.items():
+            header, rows = f1_table(metrics, ev, fold)
+            if rows:
+                out += [("h2", title), ("table", (header, rows))]
+    if len(t["significance"]):
+        out.append(("h2", "Paired tests between AU-FAN and its variants (paper's Table XII)"))
+        out.append(("p", "t and p: scipy.stats.ttest_rel(AU-FAN, variant) on the paired unit; "
+                         "t < 0 means the variant scores higher. Diff: variant minus AU-FAN."))
+        out.append(("table", significance_table(t["significance"])))
+    if len(t["cooccurrence"]):
+        out.append(("h2", "Co-occurrence faithfulness (paper's Table X), pooled over folds"))
+        out.append(("table", cooccurrence_table(t["cooccurrence"][t["cooccurrence"].fold == "pooled"])))
+    if len(t["complexity"]):
+        out.append(("h2", "Model complexity per sample"))
+        out.append(("p", "GFLOPs (torch) counts 2 per multiply-add; the paper's figures match GMACs."))
+        out.append(("table", complexity_table(t["complexity"])))
+    return out
+
+
+def render_markdown(secs: list[tuple[str, object]]) -> str:
+    parts = []
+    for kind, c in secs:
+        if kind == "banner":
+            parts.append(f"> **{c}**")
+        elif kind in ("h1", "h2"):
+            parts.append(("# " if kind == "h1" else "## ") + str(c))
+        elif kind == "p":
+            parts.append(str(c))
+        else:
+            parts.append(markdown_table(*c))
+    return "\n\n".join(parts) + "\n"
+
+
+def render_html(secs: list[tuple[str, object]], images: list[str]) -> str:
+    body = []
+    for kind, c in secs:
+        if kind == "banner":
+            body.append(f'<div class="banner">{html.escape(str(c))}</div>')
+        elif kind in ("h1", "h2"):
+            body.append(f"<{kind}>{html.escape(str(c))}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{html.escape(str(c))}</p>")
+        else:
+            body.append(html_table(*c))
+    body += [f'<p><img src="{html.escape(i)}" alt="{html.escape(i)}"></p>' for i in images]
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #999;padding:2px 8px;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}"
+             ".banner{background:#b00000;color:#fff;font-weight:bold;padding:1em;font-size:1.2em}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>AU report</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+# -- the stage ----------------------------------------------------------------------------------
+def latest_tables(catalog: Catalog, dataset: str) -> tuple[str, dict[str, pd.DataFrame], dict]:
+    """(run id, {table: rows of the dataset's latest complete run}, the runs row)."""
+    run = tables.latest_run(catalog, dataset)
+    if run is None:
+        raise FileNotFoundError(f"no complete evaluation run for dataset '{dataset}' under "
+                                f"{catalog.reports}; run `aunet evaluate` first")
+    out = {name: tables.latest(catalog, name, dataset).to_pandas() for name in tables.TABLES}
+    return run, out, out["runs"].iloc[0].to_dict()
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False) -> list[ReportUnit]:
+    run = tables.latest_run(catalog, cfg.dataset.name)
+    if run is None:
+        raise FileNotFoundError(f"no complete evaluation run for dataset '{cfg.dataset.name}'; "
+                                "run `aunet evaluate` first")
+    md = catalog.rendered(cfg.dataset.name) / "report.md"
+    current = is_current(md, config=_config(cfg), code=code_version(*CODE_MODULES), inputs={"run": run})
+    return [] if current and not force else [ReportUnit(cfg.dataset.name, run)]
+
+
+def _config(cfg: RunConfig) -> dict:
+    return {"timeline_video": cfg.eval.timeline_video, "threshold": cfg.eval.threshold}
+
+
+def run_unit(cfg: RunConfig, catalog: Catalog, unit: ReportUnit) -> dict:
+    from stages import report_figures as figs
+
+    run, t, runs_row = latest_tables(catalog, unit.dataset)
+    if run != unit.run:
+        raise ValueError(f"a newer run {run} appeared since planning ({unit.run}); plan again")
+    rw = bool(runs_row["random_weights"])
+    banner = RANDOM_WEIGHTS_BANNER if rw else None
+    out = catalog.rendered(unit.dataset)
+    images = []
+    for ev in sorted(t["metrics"].eval_dataset.unique()):
+        mean = t["metrics"][t["metrics"].fold == "mean"]
+        images.append(figs.f1_bars(mean, ev, out / f"f1_bars_{ev}.png", banner))
+        if len(t["cooccurrence"]):
+            images.append(figs.correlation_heatmaps(t["cooccurrence"], ev, out / f"correlation_{ev}.png", banner))
+    pred = t["predictions"]
+    own = pred[pred.eval_dataset == unit.dataset]
+    video = cfg.eval.timeline_video or (sorted(own.video_id.unique())[0] if len(own) else None)
+    if video is not None:
+        aus = t["metrics"][(t["metrics"].eval_dataset == unit.dataset) & (t["metrics"].au != "Avg")].au.unique()
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(video))
+        images.append(figs.timeline(own, list(aus), video, out / f"timeline_{safe}.png",
+                                    cfg.eval.threshold, banner))
+    secs = sections(t, unit.dataset, run, rw)
+    files = {"markdown": out / "report.md", "html": out / "report.html"}
+    _write_text(files["html"], render_html(secs, [p.name for p in images]))
+    _write_text(files["markdown"], render_markdown(secs) + "\n" + "\n".join(
+        f"![{p.stem}]({p.name})" for p in images) + "\n")
+    written = [files["html"], *images, files["markdown"]]
+    for p in written:  # markdown last: its provenance marks the rendering as current
+        write_provenance(p, stage=STAGE, config=_config(cfg), code=code_version(*CODE_MODULES),
+                         inputs={"run": run}, extra={"random_weights": rw})
+    return {"run": run, "files": [str(p) for p in written], "random_weights": rw,
+            "timeline_video": video}
+
+
+def finish(cfg: RunConfig, catalog: Catalog, results: list[dict]) -> dict:
+    out = catalog.rendered(cfg.dataset.name)
+    if results:
+        return results[0] | {"dataset": cfg.dataset.name, "skipped": False, "store": str(catalog.root)}
+    files = sorted(str(p) for p in out.glob("*") if not p.name.endswith(".provenance.json"))
+    rec = read_provenance(out / "report.md") or {}
+    return {"dataset": cfg.dataset.name, "skipped": True, "run": rec.get("inputs", {}).get("run"),
+            "files": files, "random_weights": bool(rec.get("random_weights")),
+            "store": str(catalog.root)}
+
+
+def run(cfg: RunConfig, catalog: Catalog, *, force: bool = False, progress: bool = True,
+        client=None) -> dict:
+    with catalog.lock(cfg.dataset.name, STAGE):
+        return finish(cfg, catalog, [run_unit(cfg, catalog, u) for u in plan(cfg, catalog, force=force)])
+
+
+def format_summary(summary: dict) -> str:
+    lines = [RANDOM_WEIGHTS_BANNER] if summary.get("random_weights") else []
+    state = "up to date" if summary["skipped"] else "rendered"
+    lines.append(f"report, dataset {summary['dataset']}, run {summary['run']} ({state}):")
+    lines += [f"  {f}" for f in summary["files"]]
+    store = summary["store"]
+    lines += ["examples:",
+              f"  aunet query --store {store} \"SELECT variant, round(100*f1, 1) AS f1 FROM metrics "
+              "WHERE fold = 'mean' AND au = 'Avg' ORDER BY f1 DESC\"",
+              f"  aunet query --store {store} \"SELECT variant, unit, n, t, p FROM significance\"",
+              f"  aunet query --store {store} \"SELECT run, dataset, random_weights FROM runs ORDER BY run\""]
+    return "\n".join(lines)
+
+
+# -- SQL ----------------------------------------------------------------------------------------
+def connect(catalog: Catalog) -> duckdb.DuckDBPyConnection:
+    """In-memory DuckDB with one view per report table that has partitions."""
+    con = duckdb.connect()
+    for name in tables.TABLES:
+        if not tables.part_files(catalog, name):
+            continue
+        glob = str(catalog.table_dir(name) / tables.PART_GLOB).replace("'", "''")
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{glob}', "
+                    "hive_partitioning = true, union_by_name = true, "
+                    "hive_types = {'dataset': VARCHAR, 'run': VARCHAR})")
+    return con
+
+
+def format_rows(columns: list[str], rows: list[tuple]) -> str:
+    """An aligned text table (numbers right-aligned)."""
+    def cell(v) -> str:
+        if v is None:
+            return "NULL"
+        if isinstance(v, float):
+            return f"{v:.6g}"
+        return str(v)
+
+    cells = [[cell(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and rows
+               for i in range(len(columns))]
+    def line(vals):
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)).rstrip()
+    out = [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
+    return "\n".join(out)
+
+
+def run_query(catalog: Catalog, sql: str) -> str:
+    """Answer SQL over the report tables (views: runs, predictions, metrics, ...)."""
+    con = connect(catalog)
+    try:
+        res = con.execute(sql)
+    except duckdb.Error as e:
+        have = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()]
+        raise ValueError(f"query failed: {e}\n(tables with data under {catalog.reports}: "
+                         f"{', '.join(have) or 'none'})") from None
+    if res.description is None:
+        return "OK"
+    columns = [d[0] for d in res.description]
+    rows = res.fetchmany(MAX_QUERY_ROWS + 1)
+    text = format_rows(columns, rows[:MAX_QUERY_ROWS])
+    if len(rows) > MAX_QUERY_ROWS:
+        text += f"\n... (more than {MAX_QUERY_ROWS} rows; add LIMIT or aggregate)"
+    return text + f"\n({min(len(rows), MAX_QUERY_ROWS)} rows)"
