@@ -1,0 +1,175 @@
+"""AU-VAE label prior: architecture, losses, frozen encoder, real-label behaviour, prior stage."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.aus import AUSet
+from pipeline.config import ConsistencyForm, DatasetConfig, Layout, PriorConfig, RunConfig, TrainConfig, Variant
+from pipeline.labels import cooccurrence
+from pipeline.losses import consistency_loss, kl_normal, weighted_bce
+from pipeline.manifest import ManifestReport, finalize
+from pipeline.models.heads import build_head
+from pipeline.models.vae import FrozenEncoder, LabelVAE, fit_vae, load_prior, prior_metrics
+from stages import prior as prior_stage
+from stages.train import fit
+from store.catalog import Catalog
+from store.provenance import read_provenance, write_provenance, write_table
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+BP4D_LABELS = SHARED / "data" / "labels" / "bp4d_au_occurrence.parquet"
+COLS = AUSet.BP4D.columns
+
+
+def _bp4d() -> pd.DataFrame:
+    if not BP4D_LABELS.exists():
+        pytest.skip(f"real BP4D labels not found at {BP4D_LABELS} (../shared is absent)")
+    return pd.read_parquet(BP4D_LABELS)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_architecture():
+    vae = LabelVAE(12, 8)
+    assert sum(p.numel() for p in vae.parameters()) == 428
+    mu, logvar = vae.encode(torch.rand(5, 12))
+    assert mu.shape == logvar.shape == (5, 8)
+    assert vae(torch.rand(5, 12))[0].shape == (5, 12)
+
+
+def test_weighted_bce_masks_unknown_exactly():
+    logits = torch.tensor([[0.0, 2.0], [-1.0, 0.5]])
+    y = torch.tensor([[1.0, float("nan")], [0.0, 1.0]])
+    w = torch.tensor([0.5, 1.5])
+    bce = lambda z, t: -(t * np.log(1 / (1 + np.exp(-z))) + (1 - t) * np.log(1 - 1 / (1 + np.exp(-z))))
+    expected = (0.5 * bce(0.0, 1) + 0.5 * bce(-1.0, 0) + 1.5 * bce(0.5, 1)) / 3
+    assert float(weighted_bce(logits, y, w)) == pytest.approx(expected, rel=1e-6)
+    all_unknown = torch.full((2, 2), float("nan"))
+    z = torch.zeros(2, 2, requires_grad=True)
+    loss = weighted_bce(z, all_unknown, w)
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+
+
+def test_kl_zero_at_standard_normal():
+    assert torch.allclose(kl_normal(torch.zeros(3, 4), torch.zeros(3, 4)), torch.zeros(3))
+    assert float(kl_normal(torch.ones(1, 2), torch.zeros(1, 2))[0]) == pytest.approx(1.0)
+
+
+def test_consistency_forms_exact_and_unknown_rows_skipped():
+    torch.manual_seed(0)
+    enc = FrozenEncoder(LabelVAE(4, 3))
+    logits = torch.randn(3, 4)
+    y = torch.tensor([[1.0, 0, 0, 1], [0, float("nan"), 1, 0], [1, 1, 0, 0]])
+    keep = [0, 2]
+    mu_p, lv_p = enc(torch.sigmoid(logits[keep]))
+    mu_g, lv_g = enc(y[keep])
+    paper = ((mu_p - mu_g) ** 2).sum(1) + ((lv_p.exp() - lv_g.exp()) ** 2).sum(1)
+    loss, n = consistency_loss(logits, y, enc, ConsistencyForm.PAPER)
+    assert n == 2 and float(loss) == pytest.approx(float(paper.mean()), rel=1e-6)
+    code = ((mu_p - mu_g) ** 2).mean() + lv_p.exp().mean()
+    loss, n = consistency_loss(logits, y, enc, ConsistencyForm.CODE)
+    assert n == 2 and float(loss) == pytest.approx(float(code), rel=1e-6)
+    loss, n = consistency_loss(logits[1:2], y[1:2], enc)
+    assert n == 0 and float(loss) == 0.0
+
+
+def test_gradients_reach_head_through_frozen_encoder():
+    torch.manual_seed(0)
+    enc = FrozenEncoder(LabelVAE(12, 8))
+    head = build_head(Variant.AU_VAE, 12)
+    y = (torch.rand(4, 12) > 0.5).float()
+    loss, n = consistency_loss(head(torch.randn(4, 768, 16, 16)), y, enc)
+    loss.backward()  # the consistency loss alone
+    assert n == 4
+    assert head.classifier.fc2.weight.grad.abs().sum() > 0
+    assert head.reduce.weight.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in enc.parameters())
+
+
+def test_encoder_bit_identical_after_head_training():
+    torch.manual_seed(0)
+    vae = LabelVAE(12, 8)
+    enc = FrozenEncoder(vae)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+
+    class Mem:
+        frames_per_shard = 4
+        x = np.random.default_rng(0).normal(size=(8, 768, 16, 16)).astype(np.float32)
+
+        def read(self, rows):
+            return self.x[rows]
+
+    y = (np.random.default_rng(1).random((8, 12)) > 0.5).astype(np.float32)
+    head = build_head(Variant.AU_VAE, 12)
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, feature_shift=1)
+    state = fit(head, Mem(), np.arange(8)[:, None], y, torch.ones(12), cfg, enc,
+                lambda e, s: None, progress=False)
+    assert state["history"][-1]["cons_rows"] == 8
+    for k, v in vae.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_real_bp4d_labels_reconstructed_and_cooccurrence_reproduced():
+    df = _bp4d()
+    y = df.loc[df["fold"] != 1, COLS].to_numpy(np.float32)
+    y = y[np.random.default_rng(0).choice(len(y), 20000, replace=False)]
+    vae, history = fit_vae(y, 8, 0.2, epochs=12, seed=0)
+    assert history[-1] < history[0]
+    m = prior_metrics(vae, y, seed=0)
+    # independent AUs with the same rates: what ignoring co-occurrence costs
+    rng = np.random.default_rng(0)
+    indep = (rng.random((20000, 12)) < y.mean(0)).astype(np.float32)
+    diff = np.nan_to_num(cooccurrence(indep) - cooccurrence(y))
+    indep_l2 = float(np.sqrt((diff ** 2).sum()))
+    print(f"BP4D prior: recon F1 {m['recon_f1']:.3f}, KL {m['kl']:.2f}, co-occurrence L2 "
+          f"{m['cooc_l2']:.3f} (independent AUs: {indep_l2:.3f})")
+    assert m["recon_f1"] > 0.7
+    assert m["cooc_l2"] < 0.6 * indep_l2
+
+
+def _write_manifest(catalog: Catalog, name: str, df: pd.DataFrame) -> None:
+    table = finalize(df, name, AUSet.BP4D, ManifestReport())
+    write_table(catalog.manifest(name), table)
+    write_provenance(catalog.manifest(name), stage="manifest", config={}, code="test",
+                     inputs={"rows": str(len(df))})
+
+
+def test_prior_stage_per_fold(tmp_path):
+    df = _bp4d()
+    # two subjects per fold, 300 frames each: small but real label vectors
+    parts = [g.head(300) for _, g in df.groupby("subject") if g["subject"].iloc[0] in
+             {"F001", "F002", "F003", "F005", "F004", "F006"}]
+    small = pd.concat(parts).rename(columns={"task": "session"})
+    small[COLS] = small[COLS].astype("Int8")
+    small.loc[small.index[:7], "AU01"] = pd.NA  # unknown labels: left out and counted
+    cat = Catalog(tmp_path / "store")
+    _write_manifest(cat, "mini", small[["subject", "session", "frame", "fold", *COLS]])
+    cfg = RunConfig(dataset=DatasetConfig(name="mini", layout=Layout.MANIFEST, root=tmp_path,
+                                          au_set=AUSet.BP4D),
+                    store=tmp_path / "store", prior=PriorConfig(epochs=3, holdout_fraction=0.3))
+    summary = prior_stage.run(cfg, cat, progress=False)
+    assert [f["fold"] for f in summary["folds"]] == [1, 2, 3]
+    for f in summary["folds"]:
+        m = f["metrics"]
+        assert m["lambda"] in cfg.prior.lambdas and m["latent_dim"] == 8
+        assert set(f["selection"]) == {"0.1", "0.2", "0.3"}
+        assert m["n_frames"] + m["n_unknown_left_out"] == 1200
+        vae, meta = load_prior(f["path"])
+        assert meta["au_columns"] == COLS and meta["lambda"] == m["lambda"]
+        assert read_provenance(Path(f["path"]))["metrics"] == m
+    # F001 is in fold 3: its 7 unknown frames are training frames of folds 1 and 2 only
+    assert [f["metrics"]["n_unknown_left_out"] for f in summary["folds"]] == [7, 7, 0]
+    again = prior_stage.run(cfg, cat, progress=False)
+    assert all(f["skipped"] for f in again["folds"])
+    assert "lambda=" in prior_stage.format_summary(again)
