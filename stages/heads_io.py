@@ -1,0 +1,72 @@
+"""Head checkpoints: save / load, and batched prediction from a feature store.
+
+Checkpoint (torch.save dict; docs/architecture.md "Heads"): state_dict, variant, au_set,
+au_columns, n_aus, train_config, epoch, optimizer, scheduler, rng, inputs, key, history.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.batches import read_frames
+from pipeline.config import Variant
+from pipeline.models.heads import build_head
+from store.provenance import atomic_path
+
+
+def save_checkpoint(path: Path, blob: dict) -> None:
+    """Atomic: a killed run leaves the previous file or this one, never half of one."""
+    with atomic_path(Path(path), ".pt") as tmp:
+        torch.save(blob, tmp)
+
+
+def read_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or foreign file: name it
+        raise ValueError(f"cannot read head checkpoint {path}: {e}") from None
+
+
+def load_head(path: str | Path) -> tuple[nn.Module, dict]:
+    """(model in eval mode, the checkpoint's metadata without weights and optimizer state)."""
+    blob = read_checkpoint(Path(path))
+    model = build_head(Variant(blob["variant"]), int(blob["n_aus"]))
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    meta = {k: v for k, v in blob.items() if k not in ("state_dict", "optimizer", "scheduler", "rng")}
+    return model, meta
+
+
+def predict(model: nn.Module, store, rows: np.ndarray, triplets: np.ndarray | None = None,
+            batch_size: int = 64) -> np.ndarray:
+    """Probabilities (n, n_AU) float32 for the frames `rows` (n,), in the order given.
+
+    `triplets` (n, 3) int64 [t-T, t, t+T], aligned with `rows` (triplets[:, 1] == rows), is
+    required by temporal heads and ignored by static ones. Frames are read in ascending order
+    within each batch; the model runs in eval mode under torch.inference_mode.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    temporal = bool(getattr(model, "temporal", False))
+    if temporal:
+        if triplets is None:
+            raise ValueError("this head is temporal: predict() needs triplets (n, 3)")
+        triplets = np.asarray(triplets, dtype=np.int64)
+        if triplets.shape != (len(rows), 3) or not np.array_equal(triplets[:, 1], rows):
+            raise ValueError(f"triplets must be (n, 3) with triplets[:, 1] == rows; got shape "
+                             f"{triplets.shape} for {len(rows)} rows")
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(rows), batch_size):
+            if temporal:
+                x = torch.from_numpy(read_frames(store.read, triplets[i:i + batch_size]))  # (B, 3, C, H, W)
+                logits = model(x[:, 1], x[:, 0], x[:, 2])
+            else:
+                x = torch.from_numpy(read_frames(store.read, rows[i:i + batch_size]))  # (B, C, H, W)
+                logits = model(x)
+            out.append(torch.sigmoid(logits).float().numpy())
+    n_aus = model.classifier.fc2.out_features
+    return np.concatenate(out) if out else np.zeros((0, n_aus), dtype=np.float32)
