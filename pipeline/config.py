@@ -89,6 +89,9 @@ class FacesConfig(Strict):
     # Box-only crops (SFD, manifest boxes without landmarks): a square around the box grown by
     # this fraction of its side on every edge.
     box_margin: float = Field(0.25, ge=0, le=2)
+    # Keypoint detectors: faces whose eye line is tilted more than this are dropped as false
+    # positives (BlazeFace fires on clouds and lettering with |roll| > 60 deg); 180 = keep all.
+    max_roll_deg: float = Field(45.0, gt=0, le=180)
     chunk_frames: int = Field(64, ge=1)  # crops per Zarr chunk block / per resumable unit
 
 

@@ -21,6 +21,9 @@ from pipeline.align import MOUTH_HALF_WIDTH
 from pipeline.config import DetectorKind, FaceRule, FacesConfig
 
 NMS_IOU = 0.3  # BlazeFace's own suppression threshold, reused to merge tiles
+# Real faces have eyes 0.33-0.46 box widths apart (BlazeFace on the shared media); false
+# positives on sky and lettering go down to 0.09.
+MIN_EYES_PER_BOX = 0.2
 
 
 class FaceStatus(IntEnum):
@@ -104,6 +107,18 @@ def square_tiles(h: int, w: int) -> list[tuple[int, int, int]]:
     n = 1 if long == side else int(np.ceil((long - side) / (side / 2))) + 1
     offsets = np.round(np.linspace(0, long - side, n)).astype(int)
     return [(int(o), 0, side) if w >= h else (0, int(o), side) for o in offsets]
+
+
+def plausible(dets: Detections, max_roll_deg: float) -> Detections:
+    """Faces whose eye line is tilted at most `max_roll_deg` and whose eyes are at least
+    `MIN_EYES_PER_BOX` of the box width apart; keypoint-less detections pass unchanged."""
+    if len(dets) == 0 or np.isnan(dets.keypoints[:, :2]).all():
+        return dets
+    eye = dets.keypoints[:, 1] - dets.keypoints[:, 0]  # (K, 2)
+    roll = np.degrees(np.abs(np.arctan2(eye[:, 1], eye[:, 0])))
+    width = np.maximum(dets.boxes[:, 2] - dets.boxes[:, 0], 1e-6)
+    ok = (roll <= max_roll_deg) & (np.linalg.norm(eye, axis=1) >= MIN_EYES_PER_BOX * width)
+    return dets.take(np.flatnonzero(ok | np.isnan(roll)))
 
 
 def mouth_corners(left_eye: np.ndarray, right_eye: np.ndarray, centre: np.ndarray) -> np.ndarray:
@@ -232,6 +247,7 @@ class BlazeFace(Detector):
         net.min_score_thresh = cfg.min_score
         net.min_suppression_threshold = NMS_IOU
         self.net = net.eval()
+        self.max_roll_deg = cfg.max_roll_deg
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         import cv2
@@ -252,7 +268,7 @@ class BlazeFace(Detector):
             p = p.cpu().numpy().astype(np.float64)
             if len(p):
                 parts[i].append(self._to_source(p, x0, y0, side))
-        return [self._merge(rows) for rows in parts]
+        return [plausible(self._merge(rows), self.max_roll_deg) for rows in parts]
 
     @staticmethod
     def _to_source(p: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:

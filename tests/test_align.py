@@ -9,7 +9,8 @@ from pipeline.align import (TEMPLATE_UNITS, AlignError, box_transform, face_tran
                             similarity, template, transform_points, warp)
 from pipeline.config import FaceRule
 from pipeline.detect import (Detections, FaceStatus, choose_face, keypoints_from_landmarks,
-                             mouth_corners, nms, provided_detections, square_tiles)
+                             mouth_corners, nms, plausible, provided_detections,
+                             square_tiles)
 
 
 def _rot(deg: float, scale: float, t: tuple[float, float]) -> np.ndarray:
@@ -148,3 +149,16 @@ def test_square_tiles_cover_the_image():
 def test_nms_keeps_the_best_of_overlapping_boxes():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
     assert nms(boxes, np.array([0.5, 0.9, 0.7])).tolist() == [1, 2]
+
+
+def test_plausible_drops_tilted_and_narrow_eyed_faces():
+    kp = np.full((3, 5, 2), np.nan, np.float32)
+    kp[0, :2] = [[10, 10], [50, 12]]  # upright, eyes 0.4 box widths apart
+    kp[1, :2] = [[10, 10], [20, 50]]  # eye line at 76 degrees: a cloud, not a face
+    kp[2, :2] = [[10, 10], [20, 10]]  # eyes 0.1 box widths apart
+    boxes = np.array([[0, 0, 100, 100]] * 3, np.float32)
+    d = Detections(boxes, kp, np.ones(3, np.float32))
+    assert plausible(d, 45.0).keypoints[:, 0, 0].tolist() == [10.0]
+    assert len(plausible(d, 180.0)) == 2
+    boxes_only = Detections(boxes, np.full((3, 5, 2), np.nan, np.float32), np.ones(3, np.float32))
+    assert len(plausible(boxes_only, 45.0)) == 3
