@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold
 
+from pipeline.aus import AUSet
 from pipeline.config import DatasetConfig, FoldScheme, Layout
 from pipeline.manifest import ManifestReport
 
@@ -24,6 +25,9 @@ STANDARD_FOLDS: dict[Layout, dict[int, tuple[str, ...]]] = {
         3: "SN001 SN002 SN009 SN010 SN016 SN026 SN027 SN030 SN032".split(),
     },
 }
+
+
+_LAYOUT_OF_AU_SET = {AUSet.BP4D: Layout.BP4D, AUSet.DISFA: Layout.DISFA}
 
 
 def standard_fold_of(layout: Layout) -> dict[str, int]:
@@ -53,7 +57,10 @@ def assign_folds(df: pd.DataFrame, cfg: DatasetConfig, report: ManifestReport) -
         if "fold" not in df or df["fold"].isna().any():
             raise ValueError(f"dataset '{cfg.name}': folds: column needs a fold for every row")
         return df.assign(fold=df["fold"].astype(int))
-    mapping = (standard_fold_of(cfg.layout) if cfg.folds is FoldScheme.STANDARD
+    # BP4D or DISFA in another layout (the community list format, a user manifest) still gets
+    # its standard folds, recognised by its AU set.
+    layout = cfg.layout if cfg.layout in STANDARD_FOLDS else _LAYOUT_OF_AU_SET.get(cfg.au_set, cfg.layout)
+    mapping = (standard_fold_of(layout) if cfg.folds is FoldScheme.STANDARD
                else kfold_of(df["subject"].astype(str).tolist(), cfg.n_folds))
     fold = df["subject"].map(mapping)
     missing = fold.isna()

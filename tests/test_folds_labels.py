@@ -110,3 +110,18 @@ def test_subject_in_no_standard_fold(policy):
     out = assign_folds(df, cfg, report)
     assert list(out["subject"]) == ["F001", "F001"] and list(out["fold"]) == [3, 3]
     assert report.left_out == {"subject_in_no_fold": 1}
+
+
+def test_standard_folds_follow_the_au_set_in_other_layouts():
+    """BP4D as a community list still gets BP4D's standard folds (recognised by its AU set)."""
+    import pandas as pd
+
+    from pipeline.aus import AUSet
+    from pipeline.config import DatasetConfig, FoldScheme, Layout
+    from pipeline.manifest import ManifestReport
+
+    cfg = DatasetConfig(name="b", layout=Layout.LIST, root=".", au_set=AUSet.BP4D,
+                        folds=FoldScheme.STANDARD)
+    df = pd.DataFrame({"subject": ["F004", "F003", "F001"]})
+    out = assign_folds(df, cfg, ManifestReport())
+    assert out["fold"].tolist() == [1, 2, 3]
