@@ -24,27 +24,34 @@ NO_FACE = (3, 20)  # rows without a face
 VARIANTS = (Variant.AU_FAN, Variant.AUNET)  # one static, one temporal
 
 
+def _dataset(cat: Catalog, name: str, au_set: AUSet, n_subjects: int, n_frames: int,
+             no_face: tuple[int, ...], rng) -> None:
+    """A manifest (subjects split 3 ways) and a 16x16 random feature store."""
+    rows = []
+    for s in range(n_subjects):
+        for f in range(n_frames):
+            labels = {au: int(rng.random() < 0.4) for au in au_set.columns}
+            rows.append({"subject": f"S{s}", "session": "T1", "frame": f, "image_path": "x.jpg",
+                         "fold": s * 3 // n_subjects + 1, **labels})
+    df = pd.DataFrame(rows)
+    df.loc[7, "AU01"] = pd.NA  # an unknown label
+    table = finalize(df, name, au_set, ManifestReport())
+    write_table(cat.manifest(name), table)
+    write_provenance(cat.manifest(name), stage="manifest", config={}, code="test", inputs={})
+    n = table.num_rows
+    g = create_feature_store(cat.features(name, "fan2", "test"), n, size=16, frames_per_shard=n,
+                             attrs={"provenance": {"key": "feat", "random_weights": True}})
+    valid = np.ones(n, bool)
+    valid[list(no_face)] = False
+    write_shard(g, 0, rng.standard_normal((n, 768, 16, 16)).astype(np.float32), valid)
+    mark_done(g, 0, "feat")
+
+
 def _build(tmp_path: Path) -> tuple[RunConfig, Catalog]:
     rng = np.random.default_rng(0)
     cat = Catalog(tmp_path / "store")
-    rows = []
-    for s in range(N_SUBJECTS):
-        for f in range(N_FRAMES):
-            labels = {au: int(rng.random() < 0.4) for au in AUS}
-            rows.append({"subject": f"S{s}", "session": "T1", "frame": f, "image_path": "x.jpg",
-                         "fold": s // 2 + 1, **labels})
-    df = pd.DataFrame(rows)
-    df.loc[7, "AU01"] = pd.NA  # an unknown label
-    table = finalize(df, "tiny", AUSet.DISFA, ManifestReport())
-    write_table(cat.manifest("tiny"), table)
-    write_provenance(cat.manifest("tiny"), stage="manifest", config={}, code="test", inputs={})
-    n = table.num_rows
-    g = create_feature_store(cat.features("tiny", "fan2", "test"), n, size=16, frames_per_shard=n,
-                             attrs={"provenance": {"key": "feat", "random_weights": True}})
-    valid = np.ones(n, bool)
-    valid[list(NO_FACE)] = False
-    write_shard(g, 0, rng.standard_normal((n, 768, 16, 16)).astype(np.float32), valid)
-    mark_done(g, 0, "feat")
+    _dataset(cat, "tiny", AUSet.DISFA, N_SUBJECTS, N_FRAMES, NO_FACE, rng)
+    _dataset(cat, "other", AUSet.BP4D, 3, 4, (), rng)  # cross-dataset: shares 5 AUs with DISFA
     from stages.heads_io import save_checkpoint
     for i, v in enumerate(VARIANTS):
         for fold in (1, 2, 3):
@@ -55,7 +62,7 @@ def _build(tmp_path: Path) -> tuple[RunConfig, Catalog]:
                 "au_columns": AUS, "n_aus": len(AUS), "train_config": {"temporal_offset": 2}})
     cfg = RunConfig(dataset=DatasetConfig(name="tiny", layout=Layout.MANIFEST, root=tmp_path,
                                           au_set=AUSet.DISFA, folds="kfold"),
-                    store=cat.root, eval=EvalConfig(bootstrap=50))
+                    store=cat.root, eval=EvalConfig(bootstrap=50, cross_datasets=("other",)))
     return cfg, cat
 
 
@@ -72,10 +79,15 @@ def test_evaluate_writes_one_complete_run(evaluated):
     assert set(summary["written"]) == {"predictions", "metrics", "significance", "cooccurrence",
                                        "complexity", "runs"}  # no prior: no prior_metrics
     pred = tables.latest(cat, "predictions", "tiny").to_pandas()
+    cross = pred[pred.eval_dataset == "other"]
+    assert len(cross) == len(VARIANTS) * 12 and cross.AU09_label.isna().all()  # BP4D has no AU9
+    pred = pred[pred.eval_dataset == "tiny"]
     assert len(pred) == len(VARIANTS) * N_SUBJECTS * N_FRAMES
     assert (~pred.face_found).sum() == len(VARIANTS) * len(NO_FACE)
     assert pred.loc[~pred.face_found, "AU01_prob"].isna().all()
     m = tables.latest(cat, "metrics", "tiny").to_pandas()
+    assert set(m[m.eval_dataset == "other"].au) == {"AU01", "AU02", "AU04", "AU06", "AU12", "Avg"}
+    m = m[m.eval_dataset == "tiny"]
     fan = pred[pred.variant == "au_fan"]
     for au in ("AU01", "AU26"):
         keep = fan.face_found & fan[f"{au}_label"].notna()
@@ -87,12 +99,13 @@ def test_evaluate_writes_one_complete_run(evaluated):
     mean = m[(m.variant == "au_fan") & (m.au == "Avg") & (m.fold == "mean")].f1.iloc[0]
     assert mean == pytest.approx(per_fold.mean())
     sig = tables.latest(cat, "significance", "tiny").to_pandas()
-    assert set(sig.variant) == {"aunet"} and len(sig) == 4
-    assert sig[sig.unit == "subject_f1"].n.tolist() == [N_SUBJECTS]
+    assert set(sig.variant) == {"aunet"} and len(sig) == 8  # 4 tests x 2 eval datasets
+    assert sig[sig.unit == "subject_f1"].n.tolist() == [3, N_SUBJECTS]  # other, tiny
     comp = tables.latest(cat, "complexity", "tiny").to_pandas().set_index("variant")
     assert comp.loc["au_fan", "trainable_params"] == n_trainable(build_head(Variant.AU_FAN, len(AUS)))
     assert comp.loc["aunet", "gmacs"] == pytest.approx(3.83, abs=0.02)  # paper: 3.84
     co = tables.latest(cat, "cooccurrence", "tiny").to_pandas()
+    co = co[co.eval_dataset == "tiny"]
     assert set(co.fold) == {"1", "2", "3", "pooled"} and len(co.r_pred.iloc[0]) == len(AUS) ** 2
 
 
@@ -109,7 +122,7 @@ def test_report_renders_files_with_banner(evaluated):
     assert out["run"] == summary["run"] and not out["skipped"]
     names = {Path(f).name for f in out["files"]}
     assert {"report.md", "report.html", "f1_bars_tiny.png", "correlation_tiny.png",
-            "timeline_S0_T1.png"} <= names
+            "f1_bars_other.png", "timeline_S0_T1.png"} <= names
     md = (cat.rendered("tiny") / "report.md").read_text()
     assert md.startswith("> **!!! UNTRAINED BACKBONE")
     assert "| AU26 |" in md and "| Avg |" in md
@@ -124,7 +137,7 @@ def test_run_query_on_small_store(evaluated):
                                  "GROUP BY variant ORDER BY variant")
     lines = text.splitlines()
     assert lines[0].split() == ["variant", "n"]
-    assert lines[2].split() == ["au_fan", str(N_SUBJECTS * N_FRAMES)]
+    assert lines[2].split() == ["au_fan", str(N_SUBJECTS * N_FRAMES + 12)]
     assert lines[-1] == "(2 rows)"
     with pytest.raises(ValueError, match="query failed"):
         report.run_query(cat, "SELECT * FROM nosuchtable")

@@ -66,3 +66,14 @@ def test_subject_test_and_bootstrap_deterministic():
 def test_shape_mismatch_refused():
     with pytest.raises(ValueError, match="same frames"):
         frame_test(np.zeros((3, 2)), np.zeros((4, 2)), np.zeros((3, 2)))
+
+
+def test_bootstrap_point_estimate_is_the_avg_f1_difference():
+    from pipeline.metrics import AVG, au_scores
+
+    a, b, y, subj = _pair(2)
+    res = bootstrap_f1_diff(a, b, y, subj, n_boot=20, seed=0)
+    aus = ["A", "B", "C", "D"]
+    face = np.ones(len(y), bool)
+    f1 = [au_scores(p, y, face, aus).set_index("au").loc[AVG, "f1"] for p in (a, b)]
+    assert res["diff"] == pytest.approx(f1[1] - f1[0])
