@@ -124,6 +124,17 @@ def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False,
     return units
 
 
+def _check_complete(store: FeatureStore) -> None:
+    """Refuse a store the features stage has not finished: its unwritten frames read as zeros."""
+    import zarr
+
+    done = np.asarray(zarr.open_group(str(store.path), mode="r")["shard_done"][:], dtype=bool)
+    if not done.all():
+        todo = np.flatnonzero(~done)
+        raise ValueError(f"feature store {store.path} is incomplete: shards {todo[:10].tolist()} "
+                         f"({len(todo)} of {len(done)}) not done; finish `aunet features` first")
+
+
 def _epoch_done(unit: TrainUnit, epoch: int) -> None:
     """Called after each epoch's checkpoint is on disk (a seam for kill-and-resume tests)."""
 
@@ -147,6 +158,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: TrainUnit, progress: bool =
     if store.n_frames != len(df):
         raise ValueError(f"feature store {store.path} has {store.n_frames} frames but the manifest "
                          f"has {len(df)} rows; rerun `aunet features`")
+    _check_complete(store)
     valid = store.valid
     train = (df["fold"].to_numpy() != unit.fold) & valid & ~np.isnan(y).all(axis=1)
     rows = np.flatnonzero(train)

@@ -15,7 +15,7 @@ from pipeline.manifest import ManifestReport, finalize
 from stages import prior as prior_stage
 from stages.heads_io import load_head, predict
 from store.catalog import Catalog
-from store.features import FeatureStore, create_feature_store, write_shard
+from store.features import FeatureStore, create_feature_store, mark_done, write_shard
 from store.provenance import is_current, read_provenance, write_provenance, write_table
 
 COLS = AUSet.BP4D.columns
@@ -30,7 +30,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def make_dataset(root, name="mini") -> tuple[Catalog, FeatureStore]:
+def make_dataset(root, name="mini", done_shards: int = 99) -> tuple[Catalog, FeatureStore]:
     """3 subjects (folds 1-3), one 12-frame video each; one frame without a face."""
     rng = np.random.default_rng(0)
     n = 3 * N_PER_SUBJECT
@@ -53,6 +53,8 @@ def make_dataset(root, name="mini") -> tuple[Catalog, FeatureStore]:
     valid[20] = False
     for s in range(-(-n // FPS)):
         write_shard(group, s, x[s * FPS:(s + 1) * FPS], valid[s * FPS:(s + 1) * FPS])
+        if s < done_shards:
+            mark_done(group, s, "features-test-key")
     return cat, FeatureStore(path)
 
 
@@ -93,6 +95,12 @@ def test_train_writes_checkpoints_skips_and_predicts(tmp_path):
     again = train_stage.run(cfg, cat, progress=False, variants=["au_fan"])
     assert [h["skipped"] for h in again["heads"]] == [True]
     assert "loss per epoch" in train_stage.format_summary(again)
+
+
+def test_incomplete_feature_store_refused(tmp_path):
+    cat, _ = make_dataset(tmp_path, done_shards=3)
+    with pytest.raises(ValueError, match=r"incomplete: shards \[3, 4\]"):
+        train_stage.run(make_cfg(tmp_path, variants=(Variant.AU_FAN,)), cat, progress=False)
 
 
 def test_predict_checks_triplets(tmp_path):
