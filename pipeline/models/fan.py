@@ -34,8 +34,11 @@ FEATURE_STRIDE = 4  # 256 -> 64
 FA_2DFAN4_KEY = "2DFAN-4"  # face-alignment's models_urls key for its released 2D FAN
 
 
-class WeightsError(RuntimeError):
-    """No usable backbone weights: missing file, wrong keys or shapes, no opt-in for random."""
+class WeightsError(ValueError):
+    """No usable backbone weights: missing file, wrong keys or shapes, no opt-in for random.
+
+    A ValueError: bad input the user fixes in the config (the command line prints it plainly).
+    """
 
 
 class FrozenFAN(FAN):
