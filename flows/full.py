@@ -32,8 +32,9 @@ def closing_message(catalog: Catalog, dataset: str) -> str:
     return (f"Done. Report tables (Parquet): {catalog.reports}\n"
             f"Rendered tables and figures: {catalog.rendered(dataset)}\n"
             f"Query them, e.g.:\n"
-            f"  aunet query --store {catalog.root} \"SELECT variant, avg(f1) AS f1 FROM metrics "
-            f"WHERE fold = 'mean' GROUP BY variant ORDER BY f1 DESC\"")
+            f"  aunet query --store {catalog.root} \"SELECT variant, round(100*f1, 1) AS f1 FROM metrics "
+            f"WHERE fold = 'mean' AND au = 'Avg' AND run = (SELECT max(run) FROM runs) ORDER BY f1 DESC\"\n"
+            f"More example queries: docs/reports.md")
 
 
 def run_full_flow(config_path: str, overrides: dict | None = None, force: bool = False) -> str:
