@@ -139,19 +139,21 @@ def prepare_store(cfg: RunConfig, catalog: Catalog, *, force: bool = False) -> t
     if (out / "zarr.json").exists() and not force:
         g = zarr.open_group(str(out), mode="r+")
         old = g.attrs.get("provenance") or {}
-        old_crops = (old.get("inputs") or {}).get("crops")
-        if old_crops != crop_key:
+        old_src = old.get("crop_store")
+        if old_src is not None and Path(old_src) != Path(src):
             raise ValueError(
-                f"feature store {out} was computed from a crop store with key {old_crops}, but "
-                f"the crop store {src} has key {crop_key} (another faces configuration or "
-                f"recomputed crops); rerun with --force to recompute the features")
+                f"feature store {out} was computed from the crop store {old_src}, but this "
+                f"config's faces settings give {src} (another faces configuration); rerun with "
+                f"--force to recompute the features from it")
+        # the same crop store recomputed (new key): its shards are recomputed below, like a
+        # code change, because every shard key covers the crop store key
         bad = _layout_mismatch(g, n, size, cfg)
         if bad:
             raise ValueError(f"feature store {out} has another layout ({'; '.join(bad)}); "
                              f"rerun with --force to rebuild it")
         if old.get("key") == fingerprint({"config": params, "code": code, "inputs": inputs}):
             return out, old
-        # code changed: shards made with the old key are recomputed, the store is kept
+        # code or crops changed: shards made with the old key are recomputed, the store is kept
         record = write_provenance(out, stage=STAGE, config=params, code=code, inputs=inputs,
                                   extra=extra)
         g.attrs["provenance"] = record

@@ -93,7 +93,9 @@ def finalize(path: Path, provenance: dict) -> None:
     """Record provenance and the hex chunk keys in the group attributes (one writer, at the end)."""
     g = zarr.open_group(Path(path), mode="r+")
     keys = [f"{int(k):016x}" if d else None for d, k in zip(*chunk_state(path))]
-    g.attrs.update({"provenance": provenance, "chunk_keys": keys})
+    new = {"provenance": provenance, "chunk_keys": keys}
+    if any(g.attrs.get(k) != v for k, v in new.items()):  # a skipped rerun writes nothing
+        g.attrs.update(new)
 
 
 def crop_store_key(path: Path) -> str:

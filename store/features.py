@@ -126,7 +126,9 @@ def done_shards(group: zarr.Group) -> dict[int, str]:
 
 def summarise_shard_keys(group: zarr.Group) -> None:
     """Copy the per-shard keys into the group attribute `shard_keys` (one writer, at the end)."""
-    group.attrs["shard_keys"] = {str(i): k for i, k in done_shards(group).items()}
+    keys = {str(i): k for i, k in done_shards(group).items()}
+    if group.attrs.get("shard_keys") != keys:  # a skipped rerun writes nothing
+        group.attrs["shard_keys"] = keys
 
 
 class FeatureStore:

@@ -171,13 +171,24 @@ def test_kill_and_resume_gives_same_bytes(tmp_path, setup, monkeypatch):
     assert p0.stat().st_mtime_ns == stamp0[p0]
 
 
-def test_refuses_crop_store_from_other_configuration(setup):
+def test_recomputed_crops_recompute_features(setup):
+    """The same crop store recomputed (new key): every shard is redone, no --force needed."""
     cfg, catalog, _ = setup
     sf.run(cfg, catalog, progress=False)
     _write_crops(cfg, catalog, key="crop-key-2")
-    with pytest.raises(ValueError, match="crop-key-1.*crop-key-2"):
-        sf.run(cfg, catalog, progress=False)
-    s = sf.run(cfg, catalog, force=True, progress=False)
+    s = sf.run(cfg, catalog, progress=False)
+    assert s["computed_this_run"] == N - len(NO_FACE)
+    assert FeatureStore(s["path"]).provenance["crop_store_key"] == "crop-key-2"
+
+
+def test_refuses_crop_store_from_other_configuration(setup):
+    cfg, catalog, _ = setup
+    sf.run(cfg, catalog, progress=False)
+    other = cfg.model_copy(update={"faces": cfg.faces.model_copy(update={"eye_distance": 0.25})})
+    _write_crops(other, catalog, key="crop-key-2")
+    with pytest.raises(ValueError, match="another faces configuration"):
+        sf.run(other, catalog, progress=False)
+    s = sf.run(other, catalog, force=True, progress=False)
     assert FeatureStore(s["path"]).provenance["crop_store_key"] == "crop-key-2"
 
 
