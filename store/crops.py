@@ -68,7 +68,8 @@ def prepare(path: Path, *, n_frames: int, chunk_frames: int, size: int, attrs: d
                            dtype=dtype, fill_value=fill)
         g.create_array("chunk_done", shape=(n_blk,), chunks=(1,), dtype="bool", fill_value=False)
         g.create_array("chunk_key", shape=(n_blk,), chunks=(1,), dtype="uint64", fill_value=KEY_NONE)
-    g.attrs.update(attrs)
+    if any(g.attrs.get(k) != v for k, v in attrs.items()):  # a skipped rerun writes nothing
+        g.attrs.update(attrs)
     return g
 
 
@@ -93,9 +94,10 @@ def finalize(path: Path, provenance: dict) -> None:
     """Record provenance and the hex chunk keys in the group attributes (one writer, at the end)."""
     g = zarr.open_group(Path(path), mode="r+")
     keys = [f"{int(k):016x}" if d else None for d, k in zip(*chunk_state(path))]
-    new = {"provenance": provenance, "chunk_keys": keys}
-    if any(g.attrs.get(k) != v for k, v in new.items()):  # a skipped rerun writes nothing
-        g.attrs.update(new)
+    old_key = (g.attrs.get("provenance") or {}).get("key")
+    # a skipped rerun (same key, same chunks) writes nothing, not even a new timestamp
+    if old_key != provenance.get("key") or g.attrs.get("chunk_keys") != keys:
+        g.attrs.update({"provenance": provenance, "chunk_keys": keys})
 
 
 def crop_store_key(path: Path) -> str:
