@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.params import STAGE_ORDER, FullParams
-from flows.stages import run_stage
+from flows.stage_flows import run_stage
 from pipeline.config import load_config
 from store.catalog import Catalog
 

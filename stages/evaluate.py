@@ -78,13 +78,7 @@ def find_heads(cfg: RunConfig, catalog: Catalog) -> list[tuple[str, int, str, Pa
 
 def feature_store_for(cfg: RunConfig, catalog: Catalog, dataset: str) -> Path:
     """The eval dataset's features.zarr for the configured backbone (the newest if several)."""
-    base = catalog.dataset_dir(dataset) / "features"
-    found = sorted(base.glob(f"{cfg.features.backbone.value}-*/features.zarr"),
-                   key=lambda p: (p / "zarr.json").stat().st_mtime if (p / "zarr.json").exists() else 0)
-    if not found:
-        raise FileNotFoundError(f"no {cfg.features.backbone.value} feature store for dataset "
-                                f"'{dataset}' under {base}; run `aunet features` on it first")
-    return found[-1]
+    return catalog.latest_features(dataset, cfg.features.backbone.value)
 
 
 def flipped_store(cfg: RunConfig, catalog: Catalog, dataset: str) -> FeatureStore | None:

@@ -68,13 +68,7 @@ def train_params(cfg: RunConfig, variant: Variant) -> dict:
 
 def find_feature_store(cfg: RunConfig, catalog: Catalog) -> Path:
     """The features.zarr of this dataset and backbone (the newest, if several were written)."""
-    base = catalog.dataset_dir(cfg.dataset.name) / "features"
-    found = sorted(base.glob(f"{cfg.features.backbone.value}-*/features.zarr"),
-                   key=lambda p: (p / "zarr.json").stat().st_mtime if (p / "zarr.json").exists() else 0)
-    if not found:
-        raise FileNotFoundError(f"no feature store for dataset '{cfg.dataset.name}' and backbone "
-                                f"'{cfg.features.backbone.value}' under {base}; run `aunet features` first")
-    return found[-1]
+    return catalog.latest_features(cfg.dataset.name, cfg.features.backbone.value)
 
 
 def _init_source(cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int) -> Path | None:

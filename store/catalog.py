@@ -68,6 +68,17 @@ class Catalog:
     def features(self, dataset: str, backbone: str, weights_id: str) -> Path:
         return self.dataset_dir(dataset) / "features" / f"{_safe(backbone)}-{_safe(weights_id)}" / "features.zarr"
 
+    def latest_features(self, dataset: str, backbone: str) -> Path:
+        """The newest features.zarr of (dataset, backbone), whatever its weights; later stages
+        read the store the features stage wrote last."""
+        base = self.dataset_dir(dataset) / "features"
+        found = sorted(base.glob(f"{_safe(backbone)}-*/features.zarr"),
+                       key=lambda p: (p / "zarr.json").stat().st_mtime if (p / "zarr.json").exists() else 0)
+        if not found:
+            raise FileNotFoundError(f"no {backbone} feature store for dataset '{dataset}' under "
+                                    f"{base}; run `aunet features` on it first")
+        return found[-1]
+
     # -- stage 3: label prior -------------------------------------------------------------------
     def prior(self, dataset: str, fold: int, prior_params: dict) -> Path:
         return self.dataset_dir(dataset) / "prior" / f"fold{fold}" / f"vae-{fingerprint(prior_params)[:10]}.pt"

@@ -20,6 +20,8 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.hashing import file_sha256  # noqa: F401  (re-exported for stages)
+
 RANDOM_WEIGHTS_BANNER = (
     "!!! UNTRAINED BACKBONE: features come from randomly initialised FAN weights (explicit "
     "opt-in). Numbers show the mechanics only, not AU detection accuracy. !!!"
@@ -50,14 +52,6 @@ def write_json(path: Path, obj: Any) -> None:
 def write_table(path: Path, table: pa.Table) -> None:
     with atomic_path(path, ".parquet") as tmp:
         pq.write_table(table, tmp, compression="zstd")
-
-
-def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def code_version(*modules: str) -> str:

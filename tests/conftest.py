@@ -56,3 +56,14 @@ def write_image():
 @pytest.fixture
 def write_video():
     return _write_video
+
+
+@pytest.fixture
+def one_thread():
+    """The CPU is shared: one intra-op thread is faster here than two contending ones."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,13 +13,7 @@ from stages.train import fit
 C, S = 768, 16  # real channels, small maps: the heads are convolutional up to a global pool
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CPU is shared: one intra-op thread is faster here than two contending ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MemStore:

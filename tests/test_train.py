@@ -22,12 +22,7 @@ COLS = AUSet.BP4D.columns
 N_PER_SUBJECT, FPS, SIZE = 12, 8, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_dataset(root, name="mini", done_shards: int = 99) -> tuple[Catalog, FeatureStore]:

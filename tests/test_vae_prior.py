@@ -31,12 +31,7 @@ def _bp4d() -> pd.DataFrame:
     return pd.read_parquet(BP4D_LABELS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_architecture():

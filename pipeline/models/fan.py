@@ -14,7 +14,6 @@ Taps (reference-implementation.md "Backbone"; for a 256x256 input every map is 6
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import warnings
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from face_alignment.models.fan import FAN
 
 from pipeline.config import Backbone, FeaturesConfig
+from pipeline.hashing import file_sha256
 
 N_STACKS = 2  # stacks built and run
 N_LANDMARKS = 68
@@ -149,14 +149,6 @@ def load_state(model: FrozenFAN, state: dict[str, torch.Tensor], source: str) ->
     return notes
 
 
-def sha256_of(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_checkpoint_file(model: FrozenFAN, path: Path) -> tuple[str, dict]:
     """Load a local checkpoint strictly into `model`; returns (sha256, notes)."""
     path = Path(path)
@@ -168,7 +160,7 @@ def load_checkpoint_file(model: FrozenFAN, path: Path) -> tuple[str, dict]:
     except Exception as e:  # noqa: BLE001 - any failure here means "not a usable checkpoint"
         raise WeightsError(f"{path}: cannot read as a torch checkpoint: {e}") from None
     notes = load_state(model, _unwrap(obj, path), str(path))
-    return sha256_of(path), {"weights_path": str(path), **notes}
+    return file_sha256(path), {"weights_path": str(path), **notes}
 
 
 def _how_to_supply() -> str:

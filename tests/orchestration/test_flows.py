@@ -45,7 +45,7 @@ def test_full_flow_writes_reports(full_run, tiny):
 @pytest.mark.parametrize("stage", ["manifest", "faces", "features", "prior", "train", "evaluate"])
 def test_stage_flow_rerun_is_skipped(full_run, tiny, stage):
     """A rerun with the same inputs, parameters and code recomputes nothing."""
-    from flows.stages import STAGE_FLOWS
+    from flows.stage_flows import STAGE_FLOWS
 
     cfg = load_config(tiny)
     root = Catalog(cfg.store).root
@@ -58,7 +58,7 @@ def test_stage_flow_rerun_is_skipped(full_run, tiny, stage):
 
 
 def test_forced_stage_changes_only_its_outputs(full_run, tiny):
-    from flows.stages import train_flow
+    from flows.stage_flows import train_flow
 
     cfg = load_config(tiny)
     root = Catalog(cfg.store).root
@@ -71,7 +71,7 @@ def test_forced_stage_changes_only_its_outputs(full_run, tiny):
 
 
 def test_concurrent_run_is_refused(full_run, tiny):
-    from flows.stages import manifest_flow
+    from flows.stage_flows import manifest_flow
 
     cfg = load_config(tiny)
     with Catalog(cfg.store).lock("demo", "manifest"):
