@@ -44,6 +44,7 @@ class TrainUnit:
     variant: str
     fold: int
     head_name: str
+    fresh: bool = False  # forced: train from scratch, ignoring epoch checkpoints
 
 
 def head_name(cfg: RunConfig, variant: Variant) -> str:
@@ -114,7 +115,7 @@ def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False,
         current = is_current(final, config=train_params(cfg, v), code=_code(),
                              inputs=_inputs(cfg, catalog, v, k))
         if force or not current:
-            units.append(TrainUnit(name, v.value, int(k), hn))
+            units.append(TrainUnit(name, v.value, int(k), hn, fresh=force))
     return units
 
 
@@ -176,7 +177,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: TrainUnit, progress: bool =
     inputs = _inputs(cfg, catalog, variant, unit.fold)
     key = fingerprint({"config": params, "code": code, "inputs": inputs})
     folder = catalog.head_dir(unit.dataset, unit.variant, unit.fold, unit.head_name)
-    resume = None if force else _latest_checkpoint(folder, key)
+    resume = None if (force or unit.fresh) else _latest_checkpoint(folder, key)
     torch.manual_seed(t.seed)
     model = build_head(variant, len(au_set.columns))
     fresh: list[str] = []
