@@ -25,7 +25,7 @@ def dask_runner(cfg: RunConfig) -> DaskTaskRunner:
         return DaskTaskRunner(address=cfg.dask.address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.dask.n_workers,
                                           "threads_per_worker": cfg.dask.threads_per_worker,
-                                          "processes": True, "dashboard_address": None})
+                                          "processes": True})
 
 
 def _units_flow(stage: str) -> Callable:

@@ -7,6 +7,7 @@ Prefect result could outlive a deleted artifact). Retries apply only to I/O erro
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 from prefect import task
@@ -42,9 +43,20 @@ def plan_task(stage: str, cfg: RunConfig, force: bool) -> list[Any]:
     return _stage(stage).plan(cfg, Catalog(cfg.store), force=force)
 
 
+def _set_intra_op_threads(cfg: RunConfig) -> None:
+    """Dask's nanny pins worker processes to one BLAS/OpenMP thread (OMP_NUM_THREADS=1), which
+    halves torch's speed on two cores. Give each task its share of the machine's cores: on a
+    local cluster the cores over all task slots, on a remote one the cores over this worker's."""
+    import torch
+
+    slots = cfg.dask.threads_per_worker * (1 if cfg.dask.address else cfg.dask.n_workers)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, slots)))
+
+
 @task(name="unit", cache_policy=NO_CACHE, retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAY_S,
       retry_condition_fn=_retry_on_io, task_run_name="{stage}-{unit}")
 def unit_task(stage: str, cfg: RunConfig, unit: Any) -> dict:
+    _set_intra_op_threads(cfg)
     return _stage(stage).run_unit(cfg, Catalog(cfg.store), unit)
 
 
