@@ -100,14 +100,19 @@ def subject_f1(pred, y, subjects) -> tuple[np.ndarray, np.ndarray]:
     return names, _avg_f1(c, present)
 
 
-def subject_test(pred_a, pred_b, y, subjects) -> dict:
-    """Paired t-test over subjects on per-subject F1 (frames of one subject are not independent)."""
+def _paired_subject_frames(pred_a, pred_b, y, subjects):
+    """The frames both models scored, as float arrays, with their subjects as strings."""
     pred_a, pred_b, y = (np.asarray(v, np.float64) for v in (pred_a, pred_b, y))
     _check(pred_a, pred_b, y)
     keep = paired_frames(pred_a, pred_b, y)
-    subjects = np.asarray(subjects).astype(str)[keep]
-    _, fa = subject_f1(pred_a[keep], y[keep], subjects)
-    _, fb = subject_f1(pred_b[keep], y[keep], subjects)
+    return pred_a[keep], pred_b[keep], y[keep], np.asarray(subjects).astype(str)[keep]
+
+
+def subject_test(pred_a, pred_b, y, subjects) -> dict:
+    """Paired t-test over subjects on per-subject F1 (frames of one subject are not independent)."""
+    pred_a, pred_b, y, subjects = _paired_subject_frames(pred_a, pred_b, y, subjects)
+    _, fa = subject_f1(pred_a, y, subjects)
+    _, fb = subject_f1(pred_b, y, subjects)
     ok = ~np.isnan(fa) & ~np.isnan(fb)
     return _ttest(fa[ok], fb[ok])
 
@@ -121,12 +126,9 @@ def bootstrap_f1_diff(pred_a, pred_b, y, subjects, n_boot: int = 1000, seed: int
     labelled positive in the replicate. Returns diff (on all subjects), lo, hi (percentile
     interval at `level`), n (subjects), n_boot.
     """
-    pred_a, pred_b, y = (np.asarray(v, np.float64) for v in (pred_a, pred_b, y))
-    _check(pred_a, pred_b, y)
-    keep = paired_frames(pred_a, pred_b, y)
-    subjects = np.asarray(subjects).astype(str)[keep]
-    names, ca = subject_counts(pred_a[keep], y[keep], subjects)
-    _, cb = subject_counts(pred_b[keep], y[keep], subjects)
+    pred_a, pred_b, y, subjects = _paired_subject_frames(pred_a, pred_b, y, subjects)
+    names, ca = subject_counts(pred_a, y, subjects)
+    _, cb = subject_counts(pred_b, y, subjects)
     s = len(names)
     if s == 0:
         return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0, "n_boot": n_boot}

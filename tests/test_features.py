@@ -110,8 +110,9 @@ def _feature_files(path: Path) -> dict[str, bytes]:
             for p in sorted((path / "features").rglob("*")) if p.is_file()}
 
 
-def test_stage_computes_features_and_missing_faces(setup):
+def test_stage_computes_features_and_missing_faces(setup, monkeypatch):
     cfg, catalog, pix = setup
+    monkeypatch.setattr(sf, "_BACKBONES", {})  # the per-process cache would skip the load warning
     with pytest.warns(UserWarning, match="untrained"):
         s = sf.run(cfg, catalog, progress=False)
     assert (s["frames"], s["computed"], s["missing"]) == (N, N - len(NO_FACE), len(NO_FACE))
