@@ -67,7 +67,7 @@ def bare_loop(model, pix: np.ndarray, batch_size: int) -> float:
 
 
 def throughput(args, root: Path) -> np.ndarray:
-    cfg = make_config(root, args.frames_per_shard, args.batch_size, "blosc-lz4")
+    cfg = make_config(root, args.frames_per_shard, args.batch_size, args.codec)
     catalog = Catalog(cfg.store)
     pix = write_crops(cfg, catalog, args.frames)
     model, _, _ = sf.backbone(cfg)
@@ -83,7 +83,7 @@ def throughput(args, root: Path) -> np.ndarray:
     bare, stage = min(bares), min(stages)
     n = args.frames
     print(f"\n== extraction throughput: {n} frames {CROP}x{CROP}, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} torch threads, {args.frames_per_shard} frames/shard")
+          f"{torch.get_num_threads()} torch threads, {args.frames_per_shard} frames/shard, codec {args.codec}")
     print(f"bare FAN loop : {n / bare:8.3f} frames/s (best of {[round(b, 2) for b in bares]} s)")
     print(f"features stage: {n / stage:8.3f} frames/s (best of {[round(t, 2) for t in stages]} s, "
           f"incl. plan, crop reads, checks, compression, writes)")
@@ -130,6 +130,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--frames-per-shard", type=int, default=8)
     p.add_argument("--codec-frames", type=int, default=8)
+    p.add_argument("--codec", default="blosc-lz4", help="the feature store codec of the throughput run")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", UserWarning)  # the random-weights warning, once is enough
