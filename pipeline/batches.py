@@ -67,11 +67,13 @@ def random_shift(x: torch.Tensor, max_shift: int, rng: np.random.Generator) -> t
         return x
     b, _, _, h, w = x.shape
     m = max_shift
-    padded = torch.nn.functional.pad(x, (m, m, m, m))  # (B, S, C, H+2m, W+2m)
-    out = torch.empty_like(x)
+    # one copy of the batch (a padded intermediate would cost a second full copy): out[y] = x[y - dy]
+    out = torch.zeros_like(x)
     offsets = rng.integers(-m, m + 1, size=(b, 2))
     for i, (dy, dx) in enumerate(offsets):
-        out[i] = padded[i, :, :, m - dy:m - dy + h, m - dx:m - dx + w]
+        dy, dx = int(dy), int(dx)
+        out[i, :, :, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            x[i, :, :, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
     return out
 
 
