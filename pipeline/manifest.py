@@ -118,8 +118,9 @@ def label_matrix(table: pa.Table | pd.DataFrame, au_set: AUSet) -> np.ndarray:
     return df[au_set.columns].astype("Float32").to_numpy(dtype=np.float32, na_value=np.nan)
 
 
-def au_set_of(table: pa.Table) -> AUSet:
-    meta = table.schema.metadata or {}
+def au_set_of(table: pa.Table | pa.Schema) -> AUSet:
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    meta = schema.metadata or {}
     raw: Optional[bytes] = meta.get(b"au_set")
     if raw is None:
         raise ManifestError("manifest has no au_set in its schema metadata; rebuild it")

@@ -25,7 +25,7 @@ from pipeline.config import RunConfig, Variant
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.temporal import triplet_rows
 from stages import scoring
-from stages.manifest import load as load_manifest
+from stages.manifest import au_set as manifest_au_set, load as load_manifest
 from stages.manifest import manifest_key
 from store import tables
 from store.catalog import Catalog, new_run_id
@@ -189,7 +189,7 @@ def _scored(pred: pd.DataFrame, catalog: Catalog) -> dict[str, list[str]]:
     model_aus = [c[:-5] for c in pred.columns if c.endswith("_prob")]
     out = {}
     for ev in pred["eval_dataset"].unique():
-        labelled = set(au_set_of(pq.read_table(catalog.manifest(ev)).slice(0, 0)).columns)
+        labelled = set(manifest_au_set(catalog, ev).columns)
         out[ev] = [a for a in model_aus if a in labelled]
         if not out[ev]:
             raise ValueError(f"dataset '{ev}' labels none of the models' AUs {model_aus}")

@@ -28,7 +28,7 @@ from store import crops as crop_store
 from store.catalog import Catalog
 from store.provenance import code_version, file_sha256, fingerprint
 from stages.faces_frames import process_rows
-from stages.manifest import load as load_manifest
+from stages.manifest import built_path as built_manifest_path
 from stages.manifest import manifest_key
 
 STAGE = "faces"
@@ -111,8 +111,7 @@ def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False) -> list[Faces
     Creates (or resizes) the store so units only ever write their own chunks.
     """
     name = cfg.dataset.name
-    load_manifest(catalog, name)  # clear error when the manifest was never built
-    mpath = catalog.manifest(name)
+    mpath = built_manifest_path(catalog, name)  # clear error when the manifest was never built
     table = _manifest_rows(str(mpath), mpath.stat().st_mtime_ns)
     path = catalog.crops(name, _params(cfg))
     f = cfg.faces

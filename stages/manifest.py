@@ -10,7 +10,7 @@ from pipeline.config import RunConfig
 from pipeline.datasets import WITH_INTENSITY, read_dataset
 from pipeline.folds import assign_folds
 from pipeline.labels import positive_rates
-from pipeline.manifest import ManifestReport, finalize, label_matrix
+from pipeline.manifest import ManifestReport, au_set_of, finalize, label_matrix
 from store.catalog import Catalog
 from store.provenance import (code_version, fingerprint, is_current, read_provenance,
                               write_json, write_provenance, write_table)
@@ -40,9 +40,7 @@ def _inputs(cfg: RunConfig) -> dict[str, str]:
 
 
 def _code() -> str:
-    import importlib.util
-
-    return code_version(*[m for m in CODE_MODULES if importlib.util.find_spec(m)])
+    return code_version(*CODE_MODULES)
 
 
 def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False) -> list[ManifestUnit]:
@@ -102,12 +100,22 @@ def run(cfg: RunConfig, catalog: Catalog, *, force: bool = False, progress: bool
         return finish(cfg, catalog, [run_unit(cfg, catalog, u) for u in units])
 
 
-def load(catalog: Catalog, dataset: str):
-    """The manifest as an Arrow table (raises naming the path when it was never built)."""
+def built_path(catalog: Catalog, dataset: str):
+    """The manifest's path; raises naming it when the manifest was never built."""
     path = catalog.manifest(dataset)
     if not path.exists():
         raise FileNotFoundError(f"no manifest for dataset '{dataset}' at {path}; run `aunet manifest` first")
-    return pq.read_table(path)
+    return path
+
+
+def load(catalog: Catalog, dataset: str):
+    """The manifest as an Arrow table (raises naming the path when it was never built)."""
+    return pq.read_table(built_path(catalog, dataset))
+
+
+def au_set(catalog: Catalog, dataset: str):
+    """The manifest's AU set, from the Parquet schema alone (no rows read)."""
+    return au_set_of(pq.read_schema(built_path(catalog, dataset)))
 
 
 def manifest_key(catalog: Catalog, dataset: str) -> str:
