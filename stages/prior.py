@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
@@ -18,7 +19,7 @@ from pipeline.config import RunConfig
 from pipeline.folds import holdout_subjects
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.models.vae import fit_vae, negative_elbo, prior_metrics
-from stages.manifest import load as load_manifest, manifest_key
+from stages.manifest import built_path as built_manifest_path, load as load_manifest, manifest_key
 from store.catalog import Catalog
 from store.provenance import atomic_path, code_version, is_current, read_provenance, write_provenance
 
@@ -50,7 +51,7 @@ def _code() -> str:
 
 
 def test_folds(catalog: Catalog, dataset: str) -> list[int]:
-    folds = load_manifest(catalog, dataset).column("fold").to_numpy()
+    folds = pq.read_table(built_manifest_path(catalog, dataset), columns=["fold"]).column("fold").to_numpy()
     return sorted(int(f) for f in np.unique(folds) if f > 0)
 
 
