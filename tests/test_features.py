@@ -212,19 +212,32 @@ def test_refuses_layout_change_without_force(setup):
         sf.run(cfg2, catalog, progress=False)
 
 
-class _NaNModel(torch.nn.Module):
-    def forward(self, x):  # (B, 3, S, S) -> (B, 768, S/4, S/4), NaN where the crop's red is 255
+class _BadValueModel(torch.nn.Module):
+    """(B, 3, S, S) -> (B, 768, S/4, S/4): `value` where the crop's red is 255, else zeros."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
         out = torch.zeros(x.shape[0], 768, x.shape[2] // 4, x.shape[3] // 4)
-        out[x[:, 0, 0, 0] == 1.0] = float("nan")
-        return out
+        out[x[:, 0, 0, 0] == 1.0, 5] = self.value
+        return out.contiguous(memory_format=torch.channels_last)  # as the real FAN returns it
 
 
-def test_nan_in_batch_names_rows(setup):
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 1e6, -1e6])
+def test_nan_inf_or_float16_overflow_names_rows(setup, value):
+    # 1e6 is finite in float32 but Inf once stored as float16: caught after the cast
     cfg, catalog, pix = setup
     g = zarr.open_group(str(sf.crops_path(cfg, catalog)), mode="r+")
     bad = pix[4:8].copy()
     bad[3, 0, 0, 0] = 255  # row 7
     g["crops"][4:8] = bad
+    pixels, valid = g["crops"][4:8], g["success"][4:8]
     with pytest.raises(ValueError, match=r"rows \[7\]"):
-        sf.compute_shard(_NaNModel(), g, 4, 8, dtype="float16", batch_size=2,
+        sf.compute_shard(_BadValueModel(value), pixels, valid, 4, dtype="float16", batch_size=2,
                          device=torch.device("cpu"), src="crops.zarr")
+    if abs(value) == 1e6:  # stored as float32 it is an ordinary value
+        feats = sf.compute_shard(_BadValueModel(value), pixels, valid, 4, dtype="float32",
+                                 batch_size=2, device=torch.device("cpu"), src="crops.zarr")
+        assert feats[3, 5].min() == value and feats.dtype == np.float32
