@@ -99,9 +99,10 @@ def head_step(batch: int) -> str:
         from pipeline.models.heads import build_head
     except ImportError as e:
         return f"head not available ({e})"
-    head = build_head(Variant.AUNET, 12)
+    head = build_head(Variant.AUNET, 12).to(memory_format=torch.channels_last)  # as in training
     opt = torch.optim.AdamW(head.parameters(), lr=1e-4)
-    f = [torch.randn(batch, 768, 64, 64) for _ in range(3)]
+    f = [torch.randn(batch, 768, 64, 64).contiguous(memory_format=torch.channels_last)
+         for _ in range(3)]
     y = torch.randint(0, 2, (batch, 12)).float()
     times = []
     for _ in range(3):

@@ -28,6 +28,28 @@ def tmp_store(tmp_path: Path) -> Catalog:
     return Catalog(tmp_path / "store")
 
 
+@pytest.fixture
+def make_feature_store(tmp_path: Path):
+    """Write features x (N, C, H, W) to a real feature store and open it: make(x, fps=8, dtype).
+
+    Tests of training and prediction read through the real reader (its dtype and channels-last
+    options included) instead of a stand-in that could drift from it.
+    """
+    from store.features import FeatureStore, create_feature_store, shard_range, write_shard
+
+    def make(x: np.ndarray, frames_per_shard: int = 8, dtype: str = "float16") -> FeatureStore:
+        n, c, h, w = x.shape
+        path = tmp_path / f"features-{len(list(tmp_path.glob('features-*')))}.zarr"
+        g = create_feature_store(path, n, channels=c, size=h, dtype=dtype,
+                                 frames_per_shard=frames_per_shard, attrs={"provenance": {"key": "t"}})
+        for s in range(-(-n // frames_per_shard)):
+            a, b = shard_range(s, n, frames_per_shard)
+            write_shard(g, s, x[a:b], np.ones(b - a, dtype=bool))
+        return FeatureStore(path)
+
+    return make
+
+
 def _write_image(path: Path, seed: int = 0) -> Path:
     """A tiny real JPEG / PNG (by extension) written with OpenCV."""
     path.parent.mkdir(parents=True, exist_ok=True)

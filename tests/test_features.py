@@ -51,6 +51,13 @@ def test_reader_returns_what_was_written(tmp_path, codec):
         got = fs.read(np.array(rows))
         assert got.dtype == np.float32 and got.shape == (len(rows), 8, 4, 4)
         np.testing.assert_array_equal(got, expect[rows])
+        for dtype, want in ((None, np.float16), (np.float32, np.float32)):
+            for channels_last in (False, True):
+                got = fs.read(np.array(rows), dtype, channels_last)
+                assert got.dtype == want and got.shape == (len(rows), 8, 4, 4)
+                np.testing.assert_array_equal(got, expect[rows].astype(want))
+                layout = torch.channels_last if channels_last else torch.contiguous_format
+                assert torch.from_numpy(got).is_contiguous(memory_format=layout)
     assert fs.read(np.array([], dtype=int)).shape == (0, 8, 4, 4)
     with pytest.raises(IndexError, match="out of range"):
         fs.read(np.array([0, N]))

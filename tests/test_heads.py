@@ -8,24 +8,13 @@ from sklearn.metrics import f1_score
 
 from pipeline.config import TrainConfig, Variant
 from pipeline.models.heads import build_head, load_body, n_trainable
+from stages.heads_io import predict
 from stages.train import fit
 
 C, S = 768, 16  # real channels, small maps: the heads are convolutional up to a global pool
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class MemStore:
-    """In-memory stand-in for store.features.FeatureStore (read + frames_per_shard)."""
-
-    frames_per_shard = 8
-
-    def __init__(self, x: np.ndarray):
-        self.x = x
-
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        return self.x[rows].astype(np.float32)
 
 
 @pytest.mark.parametrize("variant,n_aus,expected", [
@@ -66,17 +55,17 @@ def _train_and_score(variant, store, frames, y, eval_frames, y_eval, cfg):
     model = build_head(variant, y.shape[1])
     w = torch.ones(y.shape[1])
     fit(model, store, frames, y, w, cfg, None, lambda e, s: None, progress=False)
-    model.eval()
-    with torch.no_grad():
-        x = torch.from_numpy(store.read(eval_frames.ravel()).reshape(*eval_frames.shape, C, S, S))
-        logits = model(x[:, 1], x[:, 0], x[:, 2]) if eval_frames.shape[1] == 3 else model(x[:, 0])
-    pred = (torch.sigmoid(logits) >= 0.5).numpy().astype(int)
+    if eval_frames.shape[1] == 3:  # the stages' prediction path (reader, batches, eval mode)
+        prob = predict(model, store, eval_frames[:, 1], eval_frames, batch_size=16)
+    else:
+        prob = predict(model, store, eval_frames[:, 0], batch_size=16)
+    pred = (prob >= 0.5).astype(int)
     known = ~np.isnan(y_eval)
     return np.mean([f1_score(y_eval[known[:, j], j], pred[known[:, j], j], zero_division=0)
                     for j in range(y.shape[1]) if known[:, j].any()])
 
 
-def test_static_head_learns_features_to_aus():
+def test_static_head_learns_features_to_aus(make_feature_store):
     """AU j is on iff channel block j carries a bump in its own spatial patch."""
     rng = np.random.default_rng(0)
     n, n_aus = 96, 4
@@ -85,14 +74,14 @@ def test_static_head_learns_features_to_aus():
     for j in range(n_aus):  # AU j: +2 on channels 192j.. in quadrant j
         r, c = divmod(j, 2)
         x[y[:, j] == 1, j * 192:(j + 1) * 192, r * 8:r * 8 + 8, c * 8:c * 8 + 8] += 2.0
-    store = MemStore(x)
+    store = make_feature_store(x)
     train, test = np.arange(64), np.arange(64, n)
     f1 = _train_and_score(Variant.AU_FAN, store, train[:, None], y[train], test[:, None], y[test], _cfg())
     chance = np.mean([2 * p / (1 + p) for p in y[test].mean(0)])  # F1 of "always on"
     assert f1 > 0.85 and f1 > chance + 0.25, (f1, chance)
 
 
-def test_tdn_beats_static_when_only_change_carries_the_label():
+def test_tdn_beats_static_when_only_change_carries_the_label(make_feature_store):
     """Video of three frames (t-1, t, t+1): label = level rising; the middle frame is uninformative."""
     rng = np.random.default_rng(1)
     n = 96
@@ -102,7 +91,7 @@ def test_tdn_beats_static_when_only_change_carries_the_label():
     pattern = np.zeros((C, S, S), np.float32)
     pattern[:64] = 2.0
     x = (base + levels[:, :, None, None, None] * pattern).astype(np.float16)  # (n, 3, C, S, S)
-    store = MemStore(x.reshape(n * 3, C, S, S))
+    store = make_feature_store(x.reshape(n * 3, C, S, S))
     trip = np.arange(n * 3).reshape(n, 3)
     train, test = np.arange(64), np.arange(64, n)
     cfg = _cfg(epochs=4)

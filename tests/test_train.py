@@ -9,7 +9,8 @@ import torch
 
 import stages.train as train_stage
 from pipeline.aus import AUSet
-from pipeline.batches import BackgroundLoader, chunk_local_batches, random_shift
+from pipeline.batches import (BackgroundLoader, batch_buffer, chunk_local_batches, gather_shifted,
+                              unique_rows)
 from pipeline.config import DatasetConfig, Layout, PriorConfig, RunConfig, TrainConfig, Variant
 from pipeline.manifest import ManifestReport, finalize
 from stages import prior as prior_stage
@@ -153,27 +154,47 @@ def test_chunk_local_batches_cover_every_sample_once_with_locality():
     assert all(len(b) >= 2 for b in chunk_local_batches(np.zeros(9, int), 4, 4, np.random.default_rng(0)))
 
 
-def test_random_shift_same_for_all_frames_of_a_sample():
-    x = torch.arange(2 * 3 * 1 * 5 * 5, dtype=torch.float32).reshape(2, 3, 1, 5, 5) + 1
-    out = random_shift(x, 2, np.random.default_rng(3))
-    assert out.shape == x.shape
-    for i in range(2):
-        # find the shift of frame 0 and check frames 1, 2 moved the same way
-        for dy in range(-2, 3):
-            for dx in range(-2, 3):
-                shifted = torch.zeros(3, 1, 5, 5)
-                ys, yd = (slice(0, 5 - dy), slice(dy, 5)) if dy >= 0 else (slice(-dy, 5), slice(0, 5 + dy))
-                xs, xd = (slice(0, 5 - dx), slice(dx, 5)) if dx >= 0 else (slice(-dx, 5), slice(0, 5 + dx))
-                shifted[:, :, yd, xd] = x[i][:, :, ys, xs]
-                if torch.equal(shifted[0], out[i, 0]):
-                    assert torch.equal(shifted, out[i])
-                    break
-            else:
-                continue
-            break
-        else:
-            raise AssertionError(f"sample {i}: output is not a shift of the input")
-    assert torch.equal(random_shift(x, 0, np.random.default_rng(0)), x)
+def _shifted(frame: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """frame (C, H, W) moved by (dy, dx) cells, zero filled: out[y, x] = frame[y - dy, x - dx]."""
+    c, h, w = frame.shape
+    out = torch.zeros(c, h, w)
+    for y in range(h):
+        for x in range(w):
+            if 0 <= y - dy < h and 0 <= x - dx < w:
+                out[:, y, x] = frame[:, y - dy, x - dx].float()
+    return out
+
+
+def test_gather_shifted_gathers_casts_and_shifts_each_sample_once():
+    frames = (torch.arange(4 * 2 * 5 * 5).reshape(4, 2, 5, 5) + 1).half()  # (U, C, H, W)
+    rows = np.array([[10, 12, 14], [12, 14, 16], [16, 16, 16]])  # (B, 3), repeats within a batch
+    uniq, index = unique_rows(rows)
+    assert uniq.tolist() == [10, 12, 14, 16] and np.array_equal(uniq[index], rows)
+    out = gather_shifted(frames, index, 2, np.random.default_rng(3))
+    assert out.shape == (3, 3, 2, 5, 5) and out.dtype == torch.float32
+    assert all(out[j].is_contiguous(memory_format=torch.channels_last) for j in range(3))
+    shifts = set()
+    for i in range(3):
+        # the shift of slot 0, then the same shift for the sample's other slots
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(out[0, i], _shifted(frames[index[i, 0]], dy, dx))]
+        assert found, f"sample {i}: slot 0 is not a shift of its frame"
+        dy, dx = found[0]
+        shifts.add((dy, dx))
+        for j in (1, 2):
+            assert torch.equal(out[j, i], _shifted(frames[index[i, j]], dy, dx))
+    assert len(shifts) > 1  # samples draw their own shifts
+    exact = gather_shifted(frames, index)  # no shift: a plain gather
+    for i, j in np.ndindex(*index.shape):
+        assert torch.equal(exact[j, i], frames[index[i, j]].float())
+    with pytest.raises(ValueError, match="needs rng"):
+        gather_shifted(frames, index, 1)
+    buf = batch_buffer(3, 5, 2, 5, 5)  # room for 5 samples: filled in place, a view returned
+    again = gather_shifted(frames, index, out=buf)
+    assert torch.equal(again, exact) and again.data_ptr() == buf.data_ptr()
+    assert all(again[j].is_contiguous(memory_format=torch.channels_last) for j in range(3))
+    with pytest.raises(ValueError, match="cannot hold"):
+        gather_shifted(frames, index, out=batch_buffer(3, 2, 2, 5, 5))
 
 
 def test_background_loader_order_and_errors():

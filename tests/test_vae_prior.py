@@ -92,23 +92,17 @@ def test_gradients_reach_head_through_frozen_encoder():
     assert all(p.grad is None and not p.requires_grad for p in enc.parameters())
 
 
-def test_encoder_bit_identical_after_head_training():
+def test_encoder_bit_identical_after_head_training(make_feature_store):
     torch.manual_seed(0)
     vae = LabelVAE(12, 8)
     enc = FrozenEncoder(vae)
     before = {k: v.clone() for k, v in vae.state_dict().items()}
 
-    class Mem:
-        frames_per_shard = 4
-        x = np.random.default_rng(0).normal(size=(8, 768, 16, 16)).astype(np.float32)
-
-        def read(self, rows):
-            return self.x[rows]
-
+    store = make_feature_store(np.random.default_rng(0).normal(size=(8, 768, 16, 16)), 4)
     y = (np.random.default_rng(1).random((8, 12)) > 0.5).astype(np.float32)
     head = build_head(Variant.AU_VAE, 12)
     cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, feature_shift=1)
-    state = fit(head, Mem(), np.arange(8)[:, None], y, torch.ones(12), cfg, enc,
+    state = fit(head, store, np.arange(8)[:, None], y, torch.ones(12), cfg, enc,
                 lambda e, s: None, progress=False)
     assert state["history"][-1]["cons_rows"] == 8
     for k, v in vae.state_dict().items():
