@@ -26,19 +26,20 @@ N_PER_SUBJECT, FPS, SIZE = 12, 8, 16
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_dataset(root, name="mini", done_shards: int = 99) -> tuple[Catalog, FeatureStore]:
+def make_dataset(root, name="mini", done_shards: int = 99,
+                 au_set: AUSet = AUSet.BP4D) -> tuple[Catalog, FeatureStore]:
     """3 subjects (folds 1-3), one 12-frame video each; one frame without a face."""
     rng = np.random.default_rng(0)
     n = 3 * N_PER_SUBJECT
     df = pd.DataFrame({"subject": np.repeat(["S1", "S2", "S3"], N_PER_SUBJECT),
                        "session": "T1", "frame": np.tile(np.arange(N_PER_SUBJECT), 3),
                        "fold": np.repeat([1, 2, 3], N_PER_SUBJECT)})
-    y = (rng.random((n, len(COLS))) < 0.4).astype(int)
-    for j, c in enumerate(COLS):
+    y = (rng.random((n, len(au_set.columns))) < 0.4).astype(int)
+    for j, c in enumerate(au_set.columns):
         df[c] = pd.array(y[:, j], dtype="Int8")
     df.loc[3, "AU01"] = pd.NA
     cat = Catalog(root / "store")
-    table = finalize(df, name, AUSet.BP4D, ManifestReport())
+    table = finalize(df, name, au_set, ManifestReport())
     write_table(cat.manifest(name), table)
     write_provenance(cat.manifest(name), stage="manifest", config={}, code="test", inputs={})
     path = cat.features(name, "fan2", "test")
@@ -54,12 +55,12 @@ def make_dataset(root, name="mini", done_shards: int = 99) -> tuple[Catalog, Fea
     return cat, FeatureStore(path)
 
 
-def make_cfg(root, name="mini", **train) -> RunConfig:
+def make_cfg(root, name="mini", au_set: AUSet = AUSet.BP4D, **train) -> RunConfig:
     t = dict(epochs=2, batch_size=4, max_steps_per_epoch=2, lr=1e-3, shuffle_buffer=8,
              lr_step_epochs=1, temporal_offset=2, variants=(Variant.AU_FAN, Variant.AUNET),
              folds=(1,))
     return RunConfig(dataset=DatasetConfig(name=name, layout=Layout.MANIFEST, root=root,
-                                           au_set=AUSet.BP4D),
+                                           au_set=au_set),
                      store=root / "store", prior=PriorConfig(epochs=2),
                      train=TrainConfig(**(t | train)))
 
@@ -97,6 +98,30 @@ def test_incomplete_feature_store_refused(tmp_path):
     cat, _ = make_dataset(tmp_path, done_shards=3)
     with pytest.raises(ValueError, match=r"incomplete: shards \[3, 4\]"):
         train_stage.run(make_cfg(tmp_path, variants=(Variant.AU_FAN,)), cat, progress=False)
+
+
+def test_disfa_heads_start_from_bp4d_heads(tmp_path):
+    """train.init_from: the DISFA head (8 AUs) takes the BP4D head's body; only fc2 is new."""
+    cat, _ = make_dataset(tmp_path, "bp4dmini")
+    make_dataset(tmp_path, "disfamini", au_set=AUSet.DISFA)
+    bp4d = train_stage.run(make_cfg(tmp_path, "bp4dmini", variants=(Variant.AU_TDN,)), cat,
+                           progress=False)["heads"][0]
+    # lr 0 (and so no weight decay step): the trained DISFA body must equal the BP4D body exactly
+    cfg = make_cfg(tmp_path, "disfamini", AUSet.DISFA, variants=(Variant.AU_TDN,), lr=0.0,
+                   init_from="bp4dmini")
+    disfa = train_stage.run(cfg, cat, progress=False)["heads"][0]
+    assert disfa["fresh_params"] == ["classifier.fc2.bias", "classifier.fc2.weight"]
+    assert disfa["path"].endswith("_from-bp4dmini/final.pt")
+    src, dst = (torch.load(h["path"], weights_only=False)["state_dict"] for h in (bp4d, disfa))
+    assert dst["classifier.fc2.weight"].shape == (8, 128) and src["classifier.fc2.weight"].shape == (12, 128)
+    for k, v in src.items():
+        if "fc2" not in k and "running" not in k and "num_batches" not in k:  # BN statistics move
+            assert torch.equal(v, dst[k]), k
+    rec = read_provenance(disfa["path"])
+    assert rec["inputs"]["init_from"] == bp4d["path"] and rec["inputs"]["init_key"] != "missing"
+    with pytest.raises(FileNotFoundError, match="no final au_tdn heads"):
+        train_stage.run(make_cfg(tmp_path, "disfamini", AUSet.DISFA, variants=(Variant.AU_TDN,),
+                                 init_from="nosuchdata"), cat, progress=False)
 
 
 def test_predict_checks_triplets(tmp_path):
