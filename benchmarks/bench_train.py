@@ -14,7 +14,6 @@ batch's frames, then the gather, shift and cast into a channels-last batch) and 
 from __future__ import annotations
 
 import argparse
-import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.batches import batch_buffer, chunk_local_batches, gather_shifted, unique_rows
+from pipeline.batches import batch_buffer, chunk_local_batches, gather_shifted, read_unique
 from pipeline.config import Backbone, ConsistencyForm, TrainConfig, Variant
 from pipeline.losses import consistency_loss, weighted_bce
 from pipeline.models.fan import FrozenFAN
@@ -96,9 +95,7 @@ def end_to_end_epoch(fan, crops, trip, y, cfg: TrainConfig, store_fps: int) -> N
 
 def load_batch(store: FeatureStore, rows: np.ndarray, shift: int, rng, buf=None) -> torch.Tensor:
     """What stages.train.fit does per batch: read each frame once, gather, shift, cast."""
-    uniq, index = unique_rows(rows)
-    stored = store.read(uniq, dtype=None, channels_last=True)  # (U, C, H, W) float16
-    return gather_shifted(torch.from_numpy(stored), index, shift, rng, buf)
+    return gather_shifted(*read_unique(store, rows), shift, rng, buf)
 
 
 def head_alone(trip, y, store, cfg: TrainConfig) -> float:

@@ -57,6 +57,17 @@ def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq, inverse.reshape(rows.shape)
 
 
+def read_unique(store, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """Each distinct frame of `rows` read once: (frames (U, C, H, W) as stored, float16, in
+    channels-last memory; index (*rows.shape) into them), what gather_shifted takes.
+
+    store: a FeatureStore. No torch work happens here (zarr, blosc and OpenCV only), so a
+    background loader thread can call it without starting a second OpenMP team.
+    """
+    uniq, index = unique_rows(rows)
+    return torch.from_numpy(store.read(uniq, dtype=None, channels_last=True)), index
+
+
 def _shift_slices(d: int, size: int) -> tuple[slice, slice, slice | None]:
     """(destination, source, uncovered destination strip) of a shift by d cells: out[y] = x[y - d]."""
     dst = slice(max(d, 0), size + min(d, 0))

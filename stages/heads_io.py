@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.batches import batch_buffer, gather_shifted, unique_rows
+from pipeline.batches import batch_buffer, gather_shifted, read_unique
 from pipeline.config import Variant
 from pipeline.models.heads import build_head
 from store.provenance import atomic_path
@@ -60,14 +60,13 @@ def predict(model: nn.Module, store, rows: np.ndarray, triplets: np.ndarray | No
     model.eval()
     model.to(memory_format=torch.channels_last)  # as in training: the batches are channels last
     samples = triplets if temporal else rows[:, None]  # (n, S)
-    out, buf = [], None
+    out = []
+    # one batch buffer for every batch: no page faults per batch
+    buf = batch_buffer(samples.shape[1], min(batch_size, len(rows)), *store.shape)
     with torch.inference_mode():
         for i in range(0, len(rows), batch_size):
-            uniq, index = unique_rows(samples[i:i + batch_size])
-            stored = store.read(uniq, dtype=None, channels_last=True)  # (U, C, H, W) float16
-            if buf is None:  # one batch buffer for every batch: no page faults per batch
-                buf = batch_buffer(samples.shape[1], min(batch_size, len(rows)), *stored.shape[1:])
-            x = gather_shifted(torch.from_numpy(stored), index, out=buf)  # (S, B, C, H, W) float32
+            stored, index = read_unique(store, samples[i:i + batch_size])  # (U, C, H, W) float16
+            x = gather_shifted(stored, index, out=buf)  # (S, B, C, H, W) float32
             logits = model(x[1], x[0], x[2]) if temporal else model(x[0])
             out.append(torch.sigmoid(logits).float().numpy())
     n_aus = model.classifier.fc2.out_features

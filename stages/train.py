@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.batches import (BackgroundLoader, batch_buffer, chunk_local_batches, gather_shifted,
-                              unique_rows)
+                              read_unique)
 from pipeline.config import RunConfig, TrainConfig, Variant
 from pipeline.labels import class_weights
 from pipeline.losses import consistency_loss, weighted_bce
@@ -238,15 +238,14 @@ def fit(model, store, frames: np.ndarray, y: np.ndarray, weights: torch.Tensor, 
     bar = tqdm(total=(t.epochs - start) * steps, desc=desc, disable=not progress)
 
     def load(idx: np.ndarray):
-        # The background thread decodes and transposes to channels last (zarr, blosc and
-        # OpenCV, no torch); the gather, shift and cast run in the training thread with torch's
-        # own threads: torch ops in a second thread start a second OpenMP team that fights the
+        # The background thread decodes and transposes to channels last (read_unique: no
+        # torch); the gather, shift and cast run in the training thread with torch's own
+        # threads: torch ops in a second thread start a second OpenMP team that fights the
         # head's for the cores.
-        uniq, index = unique_rows(frames[idx])  # each frame decoded once per batch
-        stored = store.read(uniq, dtype=None, channels_last=True)  # (U, C, H, W) float16
-        return torch.from_numpy(stored), index, labels[idx]
+        return (*read_unique(store, frames[idx]), labels[idx])  # frames (U, C, H, W), index, y
 
-    buf = None
+    # one batch buffer, refilled every step (after the previous step's backward)
+    buf = batch_buffer(frames.shape[1], min(t.batch_size, len(frames)), *store.shape)
     for epoch in range(start + 1, t.epochs + 1):
         rng = np.random.default_rng([*seed_key, epoch])
         shift_rng = np.random.default_rng([*seed_key, epoch, 1])
@@ -256,9 +255,6 @@ def fit(model, store, frames: np.ndarray, y: np.ndarray, weights: torch.Tensor, 
         n_steps = cons_rows = 0
         with BackgroundLoader(batches, load, LOADER_DEPTH) as loader:
             for stored, index, yb in loader:
-                if buf is None:  # one batch buffer, refilled every step (after its backward)
-                    buf = batch_buffer(frames.shape[1], min(t.batch_size, len(frames)),
-                                       *stored.shape[1:])
                 x = gather_shifted(stored, index, t.feature_shift, shift_rng, buf)  # (S, B, C, H, W)
                 if x.shape[0] == 3:
                     logits = model(x[1], x[0], x[2])  # (B, L)
