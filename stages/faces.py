@@ -15,7 +15,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import datetime as dt
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
