@@ -4,6 +4,8 @@ The template lives in one constant, `TEMPLATE_UNITS`, in eye-distance units; `te
 eye_distance)` scales it so the eyes lie `eye_distance * size` pixels apart in a `size` x `size`
 crop. When only a box is known (SFD, or a manifest with boxes and no landmarks) the crop is a
 square around the box with a margin. Each frame is aligned on its own.
+The reference's own test-time geometry (a box-centred crop, neighbour frames warped onto the
+centre frame's keypoints) is at the end: `reference_centre_transform`, `neighbour_transform`.
 """
 from __future__ import annotations
 
@@ -110,3 +112,34 @@ def warp(image: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
     """(size, size, 3) uint8 crop; outside the source image is black."""
     return cv2.warpAffine(image, m.astype(np.float64), (size, size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+
+
+# -- the reference's test-time crop (github.com/jingyang2017/AU-Net, data/data_load.py) ----------
+# The reference sets scale = (w + h) / 260 and crops a square of side 200 * scale around the box
+# centre: side = (w + h) * 200 / 260 pixels, i.e. about 1.54 x the mean of the box's sides.
+REFERENCE_SIDE_PER_BOX_PERIMETER = 200 / 260  # crop side per pixel of (box width + box height)
+
+
+def reference_centre_transform(box: np.ndarray, size: int = 256) -> np.ndarray:
+    """(2, 3) transform of the reference's centre-frame crop: the box centre goes to the crop
+    centre (size / 2, as the reference), a square of side (w + h) * 200 / 260 source pixels fills
+    the size x size crop; no rotation. `box` is (x0, y0, x1, y1) in source pixels."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    w, h = x1 - x0, y1 - y0
+    if not (np.isfinite(w) and np.isfinite(h) and w > 0 and h > 0):
+        raise AlignError(f"degenerate box {box}")
+    side = REFERENCE_SIDE_PER_BOX_PERIMETER * (w + h)
+    scale = size / side
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return np.array([[scale, 0, size / 2 - scale * cx], [0, scale, size / 2 - scale * cy]])
+
+
+def neighbour_transform(kp_neighbour: np.ndarray, kp_target: np.ndarray) -> np.ndarray:
+    """(2, 3) similarity warping a neighbour frame (t - T or t + T) onto the centre frame's crop.
+
+    kp_neighbour: the neighbour's own 5 keypoints in its source pixels (5, 2); kp_target: the
+    centre frame's 5 keypoints already in crop pixels, i.e. transform_points(kp_centre,
+    reference_centre_transform(box_centre)). The reference aligns neighbours this way so that all
+    three frames share the centre frame's crop; a least-squares fit, exact for a pure similarity.
+    """
+    return similarity(kp_neighbour, kp_target)

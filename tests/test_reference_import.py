@@ -1,4 +1,4 @@
-"""Importing the paper's released AUNet head files.
+"""Importing the paper's released AUNet head files, and the reference's test-time crop geometry.
 
 The released files cannot be downloaded here, so the tests write files in exactly their layout
 (names, order, shapes, from the description in reference-implementation.md, typed out here
@@ -13,10 +13,14 @@ import functools
 import math
 from collections import OrderedDict
 
+import cv2
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.align import (AlignError, neighbour_transform, reference_centre_transform,
+                            transform_points, warp)
 from pipeline.models import reference
 from pipeline.models.heads import StaticHead, TDNHead, n_trainable
 from pipeline.models.reference import (RELEASED_LAYOUT, ReferenceFormatError, load_released_file,
@@ -300,3 +304,63 @@ def test_unreadable_files_are_named(tmp_path):
     with pytest.raises(ReferenceFormatError, match="not found"):
         read_released_file(tmp_path / "missing.pth")
 
+
+# -- the reference's crop geometry ---------------------------------------------------------------
+def test_reference_centre_transform_matrix():
+    box = np.array([100.0, 60.0, 220.0, 200.0])  # w 120, h 140: side (120 + 140) * 200 / 260 = 200
+    m = reference_centre_transform(box, 256)
+    scale = 256 / 200
+    np.testing.assert_allclose(m[:, :2], [[scale, 0], [0, scale]])  # no rotation, square pixels
+    np.testing.assert_allclose(transform_points([[160.0, 130.0]], m), [[128, 128]])  # centre
+    # the crop's edges are the square of side 200 around the centre
+    np.testing.assert_allclose(transform_points([[60.0, 30.0], [260.0, 230.0]], m),
+                               [[0, 0], [256, 256]], atol=1e-9)
+    # the reference's own formula: scale = (w + h) / 260, h_px = 200 * scale,
+    # t = [[res / h_px, 0, res * (0.5 - cx / h_px)], [0, res / h_px, res * (0.5 - cy / h_px)]]
+    h_px = 200 * (120 + 140) / 260
+    np.testing.assert_allclose(m, [[256 / h_px, 0, 256 * (0.5 - 160 / h_px)],
+                                   [0, 256 / h_px, 256 * (0.5 - 130 / h_px)]], atol=1e-9)
+    np.testing.assert_allclose(reference_centre_transform(box, 128)[:, :2], np.eye(2) * 128 / 200)
+    for bad in ([0, 0, 0, 10], [5, 5, 1, 9], [0, 0, np.nan, 10]):
+        with pytest.raises(AlignError):
+            reference_centre_transform(np.array(bad, float))
+
+
+def test_reference_centre_crop_puts_the_box_where_expected():
+    box = np.array([150.0, 90.0, 270.0, 230.0])  # side 200 px -> 256 px: scale 1.28
+    img = np.zeros((400, 480, 3), np.uint8)
+    img[90:230, 150:270] = 255  # the box's pixels (x0 <= x < x1)
+    crop = warp(img, reference_centre_transform(box, 256), 256)
+    ys, xs = np.nonzero(crop[..., 0] > 127)
+    # box corners land at 128 +- 1.28 * (60, 70): x 51.2 .. 204.8, y 38.4 .. 217.6, to within
+    # a pixel and a half (pixel-centre conventions, bilinear edges)
+    assert abs(xs.min() - 51.2) <= 1.5 and abs(xs.max() + 1 - 204.8) <= 1.5
+    assert abs(ys.min() - 38.4) <= 1.5 and abs(ys.max() + 1 - 217.6) <= 1.5
+
+
+def _rot(deg: float, scale: float, t: tuple[float, float]) -> np.ndarray:
+    a = np.deg2rad(deg)
+    return np.array([[scale * np.cos(a), -scale * np.sin(a), t[0]],
+                     [scale * np.sin(a), scale * np.cos(a), t[1]]])
+
+
+def test_neighbour_transform_maps_onto_the_centre_keypoints():
+    kp_centre = np.array([[180, 140], [240, 142], [210, 175], [185, 205], [236, 207]], float)
+    m_centre = reference_centre_transform(np.array([150.0, 90.0, 270.0, 240.0]), 256)
+    kp_target = transform_points(kp_centre, m_centre)  # the centre's points in crop pixels
+    motion = _rot(12.0, 1.1, (-25.0, 14.0))  # the head moved between frames t and t + T
+    kp_nb = transform_points(kp_centre, motion)
+    m = neighbour_transform(kp_nb, kp_target)
+    np.testing.assert_allclose(transform_points(kp_nb, m), kp_target, atol=1e-9)
+    inv_motion = np.linalg.inv(np.vstack([motion, [0, 0, 1]]))
+    np.testing.assert_allclose(m, m_centre @ inv_motion, atol=1e-9)  # crop(centre) o motion^-1
+
+    # content: dots at the neighbour's eyes land on the centre's eyes in the crop
+    img = np.zeros((400, 480, 3), np.uint8)
+    for x, y in kp_nb[:2]:
+        cv2.circle(img, (int(round(x)), int(round(y))), 5, (255, 255, 255), -1)
+    crop = warp(img, m, 256)
+    for x, y in kp_target[:2]:
+        win = crop[int(y) - 12:int(y) + 13, int(x) - 12:int(x) + 13, 0].astype(float)
+        ys, xs = np.nonzero(win > 128)
+        assert np.linalg.norm([xs.mean() + int(x) - 12 - x, ys.mean() + int(y) - 12 - y]) < 1.5
