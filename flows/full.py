@@ -1,31 +1,52 @@
 """The full run: every stage in order, each as its own subflow (so a stage rerun alone, from its
-own deployment, does exactly what it does here)."""
+own deployment, does exactly what it does here), on one local Dask cluster for the whole run."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from typing import Iterator
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed
 
-from flows.params import STAGE_ORDER, FullParams
-from flows.stage_flows import run_stage
-from pipeline.config import load_config
+from flows.params import FullParams
+from flows.stage_flows import DASK_STAGES, failure, run_stage, share_api_url
+from pipeline.config import RunConfig, load_config
+from pipeline.errors import UserError
 from store.catalog import Catalog
 
 
+@contextmanager
+def cluster(cfg: RunConfig, stages: list[str]) -> Iterator[str | None]:
+    """The Dask scheduler address every stage of this run uses: the config's, or one local
+    cluster started once for the whole run (not one per stage); None when no stage needs one."""
+    if cfg.dask.address or not DASK_STAGES & set(stages):
+        yield cfg.dask.address
+        return
+    from distributed import LocalCluster
+
+    share_api_url()  # before the workers start: they inherit it
+    with LocalCluster(n_workers=cfg.dask.n_workers, threads_per_worker=cfg.dask.threads_per_worker,
+                      processes=True, dashboard_address=cfg.dask.dashboard_address) as lc:
+        yield lc.scheduler_address
+
+
 @flow(name="aunet-full", log_prints=True)
-def full_flow(params: FullParams) -> dict:
-    unknown = [s for s in params.stages if s not in STAGE_ORDER]
-    if unknown:
-        raise ValueError(f"unknown stages {unknown}; choose from {list(STAGE_ORDER)}")
-    cfg = load_config(params.config, params.merged_overrides())
-    summaries: dict[str, Any] = {}
-    for stage in (s for s in STAGE_ORDER if s in params.stages):
-        summaries[stage] = run_stage(stage, cfg, params.force)
+def full_flow(params: FullParams):
+    try:
+        cfg = load_config(params.config, params.merged_overrides())
+    except UserError as e:
+        return Failed(message=f"config: {e}")
+    stages = params.stage_names()
+    with cluster(cfg, stages) as address:
+        for stage in stages:
+            select = params.selection() if stage == "train" else None
+            message = failure(run_stage(stage, cfg, params.force, select, address))
+            if message:
+                return Failed(message=f"stage {stage} failed: {message}")
     catalog = Catalog(cfg.store)
     get_run_logger().info(closing_message(catalog, cfg.dataset.name))
     return {"store": str(catalog.root), "reports": str(catalog.reports),
-            "rendered": str(catalog.rendered(cfg.dataset.name)), "stages": list(summaries)}
+            "rendered": str(catalog.rendered(cfg.dataset.name)), "stages": stages}
 
 
 def closing_message(catalog: Catalog, dataset: str) -> str:
@@ -37,6 +58,13 @@ def closing_message(catalog: Catalog, dataset: str) -> str:
             f"More example queries: docs/reports.md")
 
 
-def run_full_flow(config_path: str, overrides: dict | None = None, force: bool = False) -> str:
-    result = full_flow(FullParams(config=config_path, overrides=overrides or {}, force=force))
-    return closing_message(Catalog(result["store"]), Path(result["rendered"]).name)
+def run_full_flow(config_path: str, overrides: dict | None = None,
+                  force: bool = False) -> tuple[bool, str]:
+    """(succeeded, the closing message or the failure's one message)."""
+    state = full_flow(FullParams(config=config_path, overrides=overrides or {}, force=force),
+                      return_state=True)
+    if state.is_failed():
+        return False, f"aunet run: FAILED: {state.message}"
+    result = state.result()
+    cfg = load_config(config_path, overrides)
+    return True, closing_message(Catalog(result["store"]), cfg.dataset.name)

@@ -2,11 +2,15 @@
 deployment parameters against these before a run starts)."""
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import Variant
+
+STAGE_ORDER = ("manifest", "faces", "features", "prior", "train", "evaluate", "report")
+StageName = Enum("StageName", {s.upper(): s for s in STAGE_ORDER}, type=str)
 
 
 class StageParams(BaseModel):
@@ -18,24 +22,24 @@ class StageParams(BaseModel):
                                       description="dotted config keys, e.g. {'train.epochs': 2}")
     force: bool = Field(False, description="recompute even where outputs are up to date")
 
+    def merged_overrides(self) -> dict[str, Any]:
+        return dict(self.overrides)
+
 
 class TrainParams(StageParams):
     variants: Optional[list[Variant]] = None  # default: the config's train.variants
-    folds: Optional[list[int]] = None  # default: every fold
+    folds: Optional[list[int]] = None  # default: the config's train.folds, else every fold
 
-    def merged_overrides(self) -> dict[str, Any]:
-        out = dict(self.overrides)
-        if self.variants:
-            out["train.variants"] = [v.value for v in self.variants]
-        if self.folds:
-            out["train.folds"] = list(self.folds)
-        return out
-
-
-STAGE_ORDER = ("manifest", "faces", "features", "prior", "train", "evaluate", "report")
+    def selection(self) -> dict:
+        return {"variants": [v.value for v in self.variants] if self.variants else None,
+                "folds": list(self.folds) if self.folds else None}
 
 
 class FullParams(TrainParams):
     """The full run; `stages` limits it to a sub-sequence (in pipeline order)."""
 
-    stages: list[str] = Field(default_factory=lambda: list(STAGE_ORDER))
+    stages: list[StageName] = Field(default_factory=lambda: list(StageName))
+
+    def stage_names(self) -> list[str]:
+        chosen = {s.value for s in self.stages}
+        return [s for s in STAGE_ORDER if s in chosen]

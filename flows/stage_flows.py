@@ -1,18 +1,26 @@
-"""One Prefect flow per stage. Each loads its config, takes the stage's store lock, plans,
-fans the units out as tasks on a Dask task runner (a local cluster, or the scheduler at
-`dask.address` in the config), then finishes. Arrays never pass through Prefect: units carry
-store paths and index ranges, results are small summaries.
+"""One Prefect flow per stage, over the one stage runner (`stages.runner`).
+
+Each takes the stage's locks and cleans a killed run's debris (`runner.session`), plans and
+prepares (a task), fans the units out as tasks on a Dask task runner (a local cluster, or the
+scheduler at `dask.address`, or the cluster the full flow started), then finishes (a task).
+Arrays never pass through Prefect: units carry store paths and index ranges, results are small
+summaries. A failed unit or a user error ends the flow in a Failed state with one message.
 """
-import importlib
+from __future__ import annotations
+
+import os
 from typing import Callable
 
 from prefect import flow, get_run_logger, unmapped
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from flows.params import StageParams, TrainParams
 from flows.tasks import finish_task, plan_task, unit_task
 from pipeline.config import RunConfig, load_config
+from pipeline.errors import UserError
+from stages import runner
 from store.catalog import Catalog
 from store.provenance import RANDOM_WEIGHTS_BANNER
 
@@ -20,51 +28,94 @@ from store.provenance import RANDOM_WEIGHTS_BANNER
 DASK_STAGES = {"faces", "features", "prior", "train", "evaluate"}
 
 
-def dask_runner(cfg: RunConfig) -> DaskTaskRunner:
-    if cfg.dask.address:
-        return DaskTaskRunner(address=cfg.dask.address)
+def share_api_url() -> None:
+    """Point Dask workers started from here at this process's Prefect API.
+
+    Without a PREFECT_API_URL every worker process would start an ephemeral Prefect server of
+    its own (15-30 s each, once per stage); exporting the one this flow already runs on makes
+    them all report to it.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    if server.server_process is not None:
+        os.environ["PREFECT_API_URL"] = server.api_url
+
+
+def task_runner(cfg: RunConfig, stage: str, address: str | None = None):
+    if stage not in DASK_STAGES:
+        return ThreadPoolTaskRunner(max_workers=1)
+    share_api_url()
+    address = address or cfg.dask.address
+    if address:
+        return DaskTaskRunner(address=address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.dask.n_workers,
                                           "threads_per_worker": cfg.dask.threads_per_worker,
-                                          "processes": True})
+                                          "processes": True,
+                                          "dashboard_address": cfg.dask.dashboard_address})
 
 
 def _units_flow(stage: str) -> Callable:
     @flow(name=f"{stage}-units", log_prints=True, validate_parameters=False)
-    def units(cfg: RunConfig, force: bool) -> dict:
-        planned = plan_task(stage, cfg, force)
-        logger = get_run_logger()
-        if not planned:
-            logger.info("%s: every output is up to date (same inputs, parameters and code): skipped", stage)
-        futures = unit_task.map(unmapped(stage), unmapped(cfg), planned) if planned else []
-        results = [f.result() for f in futures]
-        return finish_task(stage, cfg, results)
+    def units(cfg: RunConfig, force: bool, select: dict | None) -> dict:
+        planned = plan_task(stage, cfg, force, select)
+        if isinstance(planned, str):  # a user error, said in one line
+            return {"error": planned}
+        if not planned.units:
+            get_run_logger().info("%s: every output is up to date (same inputs, parameters and "
+                                  "code): skipped", stage)
+        futures = unit_task.map(unmapped(stage), unmapped(cfg), planned.units) if planned.units else []
+        return finish_task(stage, cfg, planned, [f.result() for f in futures])
 
     return units
 
 
-def run_stage(stage: str, cfg: RunConfig, force: bool) -> dict:
-    """Run one stage under its store lock; the units flow gets the right task runner."""
-    inner = _units_flow(stage)
-    runner = dask_runner(cfg) if stage in DASK_STAGES else ThreadPoolTaskRunner(max_workers=1)
-    with Catalog(cfg.store).lock(cfg.dataset.name, stage):
-        summary = inner.with_options(task_runner=runner)(cfg, force)
-    printer = getattr(importlib.import_module(f"stages.{stage}"), "format_summary", None)
+def run_stage(stage: str, cfg: RunConfig, force: bool = False, select: dict | None = None,
+              address: str | None = None) -> dict:
+    """Run one stage under its locks (inside a flow); its summary, with `error` for a user
+    error and `failed` for failed units."""
+    try:
+        with runner.session(stage, cfg, Catalog(cfg.store)) as cleaned:
+            inner = _units_flow(stage).with_options(task_runner=task_runner(cfg, stage, address))
+            summary = inner(cfg, force, select) | {"cleaned": cleaned}
+    except UserError as e:  # locks: said in one line
+        return {"error": f"{stage}: {e}"}
     logger = get_run_logger()
-    if printer:
-        logger.info("%s summary:\n%s", stage, printer(summary))
+    if "error" not in summary:
+        printer = getattr(runner.module(stage), "format_summary", None)
+        if printer:
+            logger.info("%s summary:\n%s", stage, printer(summary))
     if cfg.features.allow_random_weights and stage in ("features", "train", "evaluate", "report"):
         logger.warning(RANDOM_WEIGHTS_BANNER)
     return summary
 
 
+def failure(summary: dict) -> str | None:
+    """The one message a failed stage ends with (None when it succeeded)."""
+    if summary.get("error"):
+        return summary["error"]
+    failed = summary.get("failed") or []
+    if failed:
+        return f"{len(failed)} unit(s) failed: " + "; ".join(failed)
+    return None
+
+
 def _make(stage: str, params_model: type[StageParams]) -> Callable:
-    def body(params: params_model) -> dict:  # type: ignore[valid-type]
-        overrides = params.merged_overrides() if isinstance(params, TrainParams) else params.overrides
-        return run_stage(stage, load_config(params.config, overrides), params.force)
+    def body(params: params_model):  # type: ignore[valid-type]
+        try:
+            cfg = load_config(params.config, params.merged_overrides())
+        except UserError as e:
+            return Failed(message=f"{stage}: {e}")
+        select = params.selection() if isinstance(params, TrainParams) else None
+        summary = run_stage(stage, cfg, params.force, select)
+        message = failure(summary)
+        return Failed(message=message) if message else summary
 
     body.__name__ = f"{stage}_flow"
     # Prefect builds the deployment's parameter schema from these (real classes, not strings).
-    body.__annotations__ = {"params": params_model, "return": dict}
+    body.__annotations__ = {"params": params_model}
     return flow(name=f"aunet-{stage}", log_prints=True)(body)
 
 

@@ -1,19 +1,22 @@
-"""Prefect tasks: thin wrappers over a stage's plan / run_unit / finish.
+"""Prefect tasks: thin wrappers over the one stage runner (`stages.runner`).
 
-Caching is the stages' own: `plan` leaves out every unit whose outputs carry the same
-fingerprint (inputs, parameters, code version), so Prefect's result cache is off (a cached
-Prefect result could outlive a deleted artifact). Retries apply only to I/O errors.
+Caching is the stages' own: `plan` leaves out every unit whose outputs carry the key their
+inputs, parameters and code give, so Prefect's result cache is off (a cached Prefect result
+could outlive a deleted artifact). Retries apply only to transient I/O errors. A user error in
+plan or finish comes back as a message (the flow ends Failed with it, without a traceback); a
+unit's failure comes back as a failed UnitResult and the other units go on.
 """
 from __future__ import annotations
 
-import importlib
-import os
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.config import RunConfig
+from pipeline.errors import UserError
+from stages import runner
+from stages.contract import Plan, UnitResult
 from store.catalog import Catalog
 
 IO_RETRIES = 2
@@ -34,32 +37,25 @@ def _retry_on_io(task, task_run, state) -> bool:
     return False
 
 
-def _stage(name: str):
-    return importlib.import_module(f"stages.{name}")
-
-
 @task(name="plan", cache_policy=NO_CACHE, task_run_name="plan-{stage}")
-def plan_task(stage: str, cfg: RunConfig, force: bool) -> list[Any]:
-    return _stage(stage).plan(cfg, Catalog(cfg.store), force=force)
-
-
-def _set_intra_op_threads(cfg: RunConfig) -> None:
-    """Dask's nanny pins worker processes to one BLAS/OpenMP thread (OMP_NUM_THREADS=1), which
-    halves torch's speed on two cores. Give each task its share of the machine's cores: on a
-    local cluster the cores over all task slots, on a remote one the cores over this worker's."""
-    import torch
-
-    slots = cfg.dask.threads_per_worker * (1 if cfg.dask.address else cfg.dask.n_workers)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, slots)))
+def plan_task(stage: str, cfg: RunConfig, force: bool, select: dict | None) -> Plan | str:
+    try:
+        p = runner.plan(stage, cfg, Catalog(cfg.store), force, select)
+        runner.prepare(stage, cfg, Catalog(cfg.store), p)
+        return p
+    except UserError as e:
+        return f"{stage}: {e}"
 
 
 @task(name="unit", cache_policy=NO_CACHE, retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAY_S,
       retry_condition_fn=_retry_on_io, task_run_name="{stage}-{unit}")
-def unit_task(stage: str, cfg: RunConfig, unit: Any) -> dict:
-    _set_intra_op_threads(cfg)
-    return _stage(stage).run_unit(cfg, Catalog(cfg.store), unit)
+def unit_task(stage: str, cfg: RunConfig, unit: Any) -> UnitResult:
+    return runner.run_unit(stage, cfg, Catalog(cfg.store), unit, threads=runner.task_threads(cfg))
 
 
 @task(name="finish", cache_policy=NO_CACHE, task_run_name="finish-{stage}")
-def finish_task(stage: str, cfg: RunConfig, results: list[dict]) -> dict:
-    return _stage(stage).finish(cfg, Catalog(cfg.store), results)
+def finish_task(stage: str, cfg: RunConfig, plan: Plan, results: list[UnitResult]) -> dict:
+    try:
+        return runner.finish(stage, cfg, Catalog(cfg.store), plan, results)
+    except UserError as e:
+        return {"error": f"{stage}: {e}", "failed": [r.error for r in results if not r.ok]}

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.aus import AUSet
+from pipeline.errors import ConfigError
 
 
 class Strict(BaseModel):
@@ -165,7 +166,9 @@ class TrainConfig(Strict):
     consistency_weight: float = 1.0  # gamma
     feature_shift: int = 2  # max random spatial shift (feature cells) as augmentation; 0 = off
     shuffle_buffer: int = 256
-    init_from: Optional[str] = None  # dataset name whose heads initialise these (DISFA <- BP4D)
+    # the config (YAML path) whose final heads of the same variant and fold initialise these
+    # (the paper starts DISFA heads from BP4D heads); its heads are found from its fingerprints
+    init_from: Optional[Path] = None
     seed: int = 0
 
 
@@ -182,6 +185,8 @@ class DaskConfig(Strict):
     n_workers: int = 1
     # One task at a time per worker: torch's own threads use the cores inside a task.
     threads_per_worker: int = 1
+    # the local cluster's dashboard; loopback unless you choose to expose it
+    dashboard_address: str = "127.0.0.1:8787"
 
 
 class RunConfig(Strict):
@@ -214,14 +219,10 @@ def _dump(value: Any) -> str:
     return value.model_dump_json() if isinstance(value, BaseModel) else json.dumps(str(value))
 
 
-class ConfigError(ValueError):
-    pass
-
-
 def _resolve_paths(data: Any, base: Path) -> Any:
     """Resolve relative path-valued keys against the config file's folder."""
     path_keys = {"root", "store", "frames_dir", "list_paths", "list_labels", "manifest_file",
-                 "weights", "detector_weights", "detector_anchors"}
+                 "weights", "detector_weights", "detector_anchors", "init_from"}
     if isinstance(data, dict):
         out = {}
         for k, v in data.items():
@@ -233,22 +234,64 @@ def _resolve_paths(data: Any, base: Path) -> Any:
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last one
+    silently, e.g. a second `train:` section replacing the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key '{key}' is given twice "
+                                  "in the same section; keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_override(pair: str) -> tuple[str, Any]:
+    """`key.sub=value` (value in YAML syntax) -> (dotted key, value); ConfigError when unusable."""
+    if "=" not in pair:
+        raise ConfigError(f"--set expects key=value, got {pair!r}")
+    key, text = pair.split("=", 1)
+    try:
+        return key.strip(), yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({where})") from None
+
+
+def _apply(data: dict, dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for i, p in enumerate(parents):
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{'.'.join(parents[:i + 1])}' is a value, not a "
+                              "section; give the full key, e.g. --set train.epochs=2")
+    node[leaf] = value
+
+
 def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
     """Load a YAML config; errors name the file and the offending key."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a folder; give a YAML file, e.g. configs/demo.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the config: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections (dataset:, faces:, ...)")
     data = _resolve_paths(data, path.parent.resolve())
     for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        _apply(data, dotted, value)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:

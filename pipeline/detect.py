@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.align import MOUTH_HALF_WIDTH
 from pipeline.config import DetectorKind, FaceRule, FacesConfig
+from pipeline.errors import UserError
 
 NMS_IOU = 0.3  # BlazeFace's own suppression threshold, reused to merge tiles
 # Real faces have eyes 0.33-0.46 box widths apart (BlazeFace on the shared media); false
@@ -42,7 +43,7 @@ class FaceStatus(IntEnum):
         return {str(int(s)): s.name.lower() for s in cls}
 
 
-class DetectorError(RuntimeError):
+class DetectorError(UserError):
     """Weights that cannot be found, downloaded or loaded; the message names the path."""
 
 

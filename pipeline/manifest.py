@@ -17,13 +17,14 @@ import pyarrow as pa
 
 from pipeline.aus import AUSet
 from pipeline.config import OnBadInput
+from pipeline.errors import InputError
 
 MANIFEST_SCHEMA_VERSION = "1"
 BOX_COLUMNS = ["box_x0", "box_y0", "box_x1", "box_y1"]
 MAX_EXAMPLES = 20  # examples kept per left-out reason in the report
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """Bad input: the message names the file and line (or row / frame)."""
 
 

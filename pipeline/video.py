@@ -5,14 +5,17 @@ one frame at a time, so memory does not grow with video length.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
 import cv2
 import numpy as np
 
+from pipeline.errors import InputError
 
-class MediaError(ValueError):
+
+class MediaError(InputError):
     """A file that cannot be decoded; the message names it."""
 
 
@@ -31,7 +34,12 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise MediaError(f"{path}: image not found")
-    data = np.fromfile(path, dtype=np.uint8)
+    if path.is_dir():
+        raise MediaError(f"{path}: is a folder, not an image file")
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:  # permissions, I/O errors: this frame fails, not its block
+        raise MediaError(f"{path}: cannot read the image: {e.strerror or e}") from None
     if data.size == 0:
         raise MediaError(f"{path}: empty file")
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
@@ -59,11 +67,22 @@ def video_fps(path: str | Path) -> float:
         cap.release()
 
 
-def iter_video(path: str | Path, wanted: set[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Stream (0-based index, RGB frame) pairs; only `wanted` indices are converted and yielded."""
+def iter_video(path: str | Path, wanted: set[int] | None = None,
+               info: dict | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Stream (0-based index, RGB frame) pairs; only `wanted` indices are converted and yielded.
+
+    info: filled with {"decoded": frames the decoder delivered} as the stream goes (when it
+    ends early, the video holds exactly that many decodable frames).
+    """
     path = Path(path)
+    info = {} if info is None else info
+    info["decoded"] = 0
     if not path.exists():
         raise MediaError(f"{path}: video not found")
+    if path.is_dir():
+        raise MediaError(f"{path}: is a folder, not a video file")
+    if not os.access(path, os.R_OK):
+        raise MediaError(f"{path}: video not readable (permissions)")
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: zero-length video")
     cap = cv2.VideoCapture(str(path))
@@ -78,10 +97,12 @@ def iter_video(path: str | Path, wanted: set[int] | None = None) -> Iterator[tup
             if wanted is not None and i not in wanted:
                 if not cap.grab():
                     break
+                info["decoded"] = i + 1
             else:
                 ok, frame = cap.read()
                 if not ok:
                     break
+                info["decoded"] = i + 1
                 yield i, to_rgb(frame, f"{path} frame {i}")
             i += 1
     finally:

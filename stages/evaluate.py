@@ -2,8 +2,9 @@
 
 Unit = (eval dataset, variant, fold): the fold's final head predicts every test-fold frame of
 the eval dataset (this dataset, and each of `eval.cross_datasets` on the AUs it shares). A
-unit's predictions are cached beside its head (`head_dir/eval-{eval_dataset}.parquet`, with
-provenance) so an unchanged unit is skipped. `finish` scores all units and appends the
+unit's predictions are cached in the stage's own folder (`catalog.predictions`, with provenance:
+the head's key, the eval features' key and the test fold's labels) so an unchanged unit is
+skipped. The heads are exactly those the config asks for, each checked current. `finish` scores all units and appends the
 predictions, metrics, significance, co-occurrence, complexity and prior_metrics tables under a
 new run id, then the `runs` row last (the run counts as complete only once it exists).
 """
@@ -19,23 +20,23 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from pipeline.config import RunConfig, Variant
+from pipeline.inference import predict
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.temporal import triplet_rows
 from stages import scoring
-from stages.manifest import au_set as manifest_au_set, load as load_manifest
-from stages.manifest import manifest_key
-from store import tables
+from stages.contract import Plan, UnitResult
+from store import features as feature_store
+from store import manifests, tables
 from store.catalog import Catalog, new_run_id
-from store.features import FeatureStore
-from store.provenance import (code_version, file_sha256, fingerprint, is_current, read_provenance,
+from store.codekey import code_key
+from store.identity import eval_id
+from store.models import HeadInputs, checked_head, load_head
+from store.provenance import (artifact_key, fingerprint, read_provenance, record, trusted,
                               write_provenance, write_table)
 
 STAGE = "evaluate"
-CODE_MODULES = ("stages.evaluate", "stages.scoring", "stages.heads_io", "pipeline.metrics",
-                "pipeline.stats", "pipeline.temporal", "store.tables")
 KEY_COLUMNS = ["row", "subject", "video_id", "frame"]
 
 
@@ -45,97 +46,77 @@ class EvalUnit:
     eval_dataset: str  # whose test frames are scored
     variant: str
     fold: int
-    head_name: str
-    checkpoint: str
+    checkpoint: str  # the head's final.pt
     features: str  # the eval dataset's feature store
     out: str  # cached predictions of this unit
+    key: str  # the predictions' expected key
 
-    def __str__(self) -> str:  # task names in Prefect
+    @property
+    def name(self) -> str:
         return f"{self.eval_dataset}-{self.variant}-fold{self.fold}"
 
+    size = 0
 
-def _code() -> str:
-    return code_version(*CODE_MODULES)
-
-
-def find_heads(cfg: RunConfig, catalog: Catalog) -> list[tuple[str, int, str, Path]]:
-    """(variant, fold, head_name, final.pt) per trained (variant, fold): the head of the current
-    train config where it exists, else the newest final.pt of that fold."""
-    from stages.train import head_name
-
-    base = catalog.dataset_dir(cfg.dataset.name) / "models"
-    out = []
-    for v in Variant:
-        folds: dict[int, list[Path]] = {}
-        for p in (base / v.value).glob("fold*/*/final.pt"):
-            folds.setdefault(int(p.parent.parent.name[4:]), []).append(p)
-        for fold, paths in sorted(folds.items()):
-            mine = [p for p in paths if p.parent.name == head_name(cfg, v)]
-            pick = mine[0] if mine else max(paths, key=lambda p: p.stat().st_mtime)
-            out.append((v.value, fold, pick.parent.name, pick))
-    return out
+    def __str__(self) -> str:  # task names in Prefect
+        return self.name
 
 
-def feature_store_for(cfg: RunConfig, catalog: Catalog, dataset: str) -> Path:
-    """The eval dataset's features.zarr for the configured backbone (the newest if several)."""
-    return catalog.latest_features(dataset, cfg.features.backbone.value)
+def eval_datasets(cfg: RunConfig) -> list[str]:
+    return [cfg.dataset.name, *[d for d in cfg.eval.cross_datasets if d != cfg.dataset.name]]
 
 
-def flipped_store(cfg: RunConfig, catalog: Catalog, dataset: str) -> FeatureStore | None:
-    """Hook for test-time flip averaging: features of horizontally flipped crops.
-
-    No stage caches flipped features yet, so this returns None and predictions come from the
-    unflipped features only. Where such a store exists, `_predict` averages the two passes.
-    """
-    return None
-
-
-def _unit_inputs(catalog: Catalog, unit: EvalUnit) -> dict[str, str]:
-    head = read_provenance(Path(unit.checkpoint))
-    prov = FeatureStore(unit.features).provenance
-    return {"head": head["key"] if head else file_sha256(Path(unit.checkpoint)),
-            "features": str(prov.get("key") or fingerprint(prov)),
-            "manifest": manifest_key(catalog, unit.eval_dataset)}
+def reads(cfg: RunConfig) -> list[tuple[str, str]]:
+    own = [(cfg.dataset.name, s) for s in ("manifest", "features", "prior", "train")]
+    return own + [(d, s) for d in eval_datasets(cfg)[1:] for s in ("manifest", "features")]
 
 
 def _unit_config(cfg: RunConfig) -> dict:
-    return {"threshold": cfg.eval.threshold, "batch_size": cfg.train.batch_size}
+    return {"threshold": cfg.eval.threshold}
 
 
 def all_units(cfg: RunConfig, catalog: Catalog) -> list[EvalUnit]:
-    name = cfg.dataset.name
-    evals = [name, *[d for d in cfg.eval.cross_datasets if d != name]]
-    stores = {d: str(feature_store_for(cfg, catalog, d)) for d in evals}
-    return [EvalUnit(name, d, v, k, h, str(p), stores[d], str(p.parent / f"eval-{d}.parquet"))
-            for d in evals for v, k, h, p in find_heads(cfg, catalog)]
+    """One unit per (eval dataset, variant, fold) of the heads this config asks for; each head
+    and feature store is checked current (MissingArtifact / StaleArtifact say what to run)."""
+    from stages.train import selection
+
+    variants, folds = selection(cfg, catalog, None)
+    heads = HeadInputs(cfg, catalog)
+    head_keys = {}
+    for v in variants:
+        for k in folds:
+            path = checked_head(cfg, catalog, v, k, heads)
+            head_keys[(v, k)] = (path, read_provenance(path)["key"])
+    units = []
+    for d in eval_datasets(cfg):
+        store = feature_store.checked(cfg, catalog, d)
+        store_key = store.provenance["key"]
+        mrec = manifests.checked(cfg, catalog, d)
+        for (v, k), (path, hkey) in head_keys.items():
+            test = mrec["keys"]["test"].get(str(k))
+            inputs = {"head": hkey, "features": store_key, "rows": mrec["keys"]["rows"],
+                      "test_labels": test}
+            key = artifact_key(_unit_config(cfg), inputs, code_key("stages.evaluate"))
+            units.append(EvalUnit(cfg.dataset.name, d, v.value, k, str(path), str(store.path),
+                                  str(catalog.predictions(cfg, d, v, k)), key))
+    return units
 
 
-def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False) -> list[EvalUnit]:
+def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) -> Plan:
     units = all_units(cfg, catalog)
-    if not units:
-        raise FileNotFoundError(f"no trained heads (final.pt) under "
-                                f"{catalog.dataset_dir(cfg.dataset.name) / 'models'}; run `aunet train` first")
-    return [u for u in units if force or not is_current(
-        Path(u.out), config=_unit_config(cfg), code=_code(), inputs=_unit_inputs(catalog, u))]
+    todo = [u for u in units if force or trusted(Path(u.out), u.key) is None]
+    return Plan(todo, [u.name for u in units if u not in todo], {"units": units})
 
 
-def _predict(model, store, flipped, rows, triplets, batch_size) -> np.ndarray:
-    from stages.heads_io import predict
-
-    p = predict(model, store, rows, triplets, batch_size)  # (n, n_AU)
-    if flipped is not None:  # test-time flip averaging (no flipped cache exists yet)
-        p = (p + predict(model, flipped, rows, triplets, batch_size)) / 2
-    return p
+def prepare(cfg: RunConfig, catalog: Catalog, plan: Plan) -> None:
+    """Nothing to create: each unit writes its own predictions file."""
 
 
-def run_unit(cfg: RunConfig, catalog: Catalog, unit: EvalUnit) -> dict:
-    from stages.heads_io import load_head
-
+def run_unit(cfg: RunConfig, catalog: Catalog, unit: EvalUnit, progress=None) -> dict:
     t0 = time.perf_counter()
-    table = load_manifest(catalog, unit.eval_dataset)
+    table = manifests.load(catalog, unit.eval_dataset)
     df = table.select(["row", "subject", "video_id", "frame", "fold"]).to_pandas()
     model, meta = load_head(unit.checkpoint)
-    store = FeatureStore(unit.features)
+    store = feature_store.FeatureStore(unit.features)
     if store.n_frames != len(df):
         raise ValueError(f"feature store {store.path} has {store.n_frames} frames but the manifest "
                          f"of '{unit.eval_dataset}' has {len(df)} rows; rerun `aunet features`")
@@ -144,19 +125,18 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: EvalUnit) -> dict:
     rows = test[face]
     triplets = None
     if Variant(meta["variant"]).temporal:
-        T = int((meta.get("train_config") or {}).get("temporal_offset", cfg.train.temporal_offset))
+        T = int(meta["temporal_offset"])
         triplets = triplet_rows(df, store.valid, T)[0][rows]  # (n_face, 3)
     aus = list(meta["au_columns"])
     probs = np.full((len(test), len(aus)), np.nan, dtype=np.float32)  # (n, n_AU); NaN: no face
-    probs[face] = _predict(model, store, flipped_store(cfg, catalog, unit.eval_dataset), rows,
-                           triplets, cfg.train.batch_size)
+    probs[face] = predict(model, store, rows, triplets, cfg.train.batch_size)
     eval_set = au_set_of(table)
     y = label_matrix(table, eval_set)[test]  # (n, n_eval_AU)
     out = df.iloc[test][KEY_COLUMNS].reset_index(drop=True)
     out.insert(0, "eval_dataset", unit.eval_dataset)
     out.insert(1, "variant", unit.variant)
     out.insert(2, "fold", unit.fold)
-    out.insert(3, "head_name", unit.head_name)
+    out.insert(3, "head_name", Path(unit.checkpoint).parent.name)
     out["face_found"] = face
     for j, au in enumerate(aus):
         out[f"{au}_prob"] = probs[:, j]
@@ -166,19 +146,20 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: EvalUnit) -> dict:
         out[f"{au}_label"] = pd.array(label, dtype="Float64").astype("Int8")
     arrow = tables.conform("predictions", unit.dataset, "unit", pa.Table.from_pandas(out, preserve_index=False))
     write_table(Path(unit.out), arrow)
-    write_provenance(Path(unit.out), stage=STAGE, config=_unit_config(cfg), code=_code(),
-                     inputs=_unit_inputs(catalog, unit), extra={"random_weights": store.random_weights})
-    return {"unit": str(unit), "path": unit.out, "frames": int(len(test)),
+    rec = record(stage=STAGE, name=catalog.rel(Path(unit.out)), identity=_unit_config(cfg),
+                 inputs={}, code=code_key("stages.evaluate"),
+                 extra={"random_weights": store.random_weights})
+    rec["key"] = unit.key
+    write_provenance(Path(unit.out), rec)
+    return {"unit": unit.name, "path": unit.out, "frames": int(len(test)),
             "no_face": int((~face).sum()), "seconds": round(time.perf_counter() - t0, 3),
             "random_weights": bool(store.random_weights)}
 
 
 def _prior_rows(cfg: RunConfig, catalog: Catalog) -> pd.DataFrame:
-    from stages.prior import prior_path, test_folds
-
     rows = []
-    for fold in test_folds(catalog, cfg.dataset.name):
-        metrics = (read_provenance(prior_path(cfg, catalog, fold)) or {}).get("metrics") or {}
+    for fold in manifests.test_folds(catalog, cfg.dataset.name):
+        metrics = (read_provenance(catalog.prior(cfg, fold)) or {}).get("metrics") or {}
         rows += [{"fold": fold, "metric": k, "value": float(v)} for k, v in sorted(metrics.items())
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "fold"]
     return pd.DataFrame(rows, columns=["fold", "metric", "value"])
@@ -189,25 +170,34 @@ def _scored(pred: pd.DataFrame, catalog: Catalog) -> dict[str, list[str]]:
     model_aus = [c[:-5] for c in pred.columns if c.endswith("_prob")]
     out = {}
     for ev in pred["eval_dataset"].unique():
-        labelled = set(manifest_au_set(catalog, ev).columns)
+        labelled = set(manifests.au_set(catalog, ev).columns)
         out[ev] = [a for a in model_aus if a in labelled]
         if not out[ev]:
             raise ValueError(f"dataset '{ev}' labels none of the models' AUs {model_aus}")
     return out
 
 
-def finish(cfg: RunConfig, catalog: Catalog, results: list[dict]) -> dict:
+def clean(cfg: RunConfig, catalog: Catalog) -> list[str]:
+    """Remove the report partitions of this dataset's runs that a killed evaluate left
+    incomplete (no `runs` row); called under the stage's exclusive lock."""
+    return [catalog.rel(p) for p in tables.remove_incomplete_runs(catalog, cfg.dataset.name)]
+
+
+def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResult]) -> dict:
     t0, name = time.perf_counter(), cfg.dataset.name
-    units = all_units(cfg, catalog)
-    missing = [u.out for u in units if not Path(u.out).exists()]
-    if missing:
-        raise FileNotFoundError(f"unit predictions missing (run the units first): {missing}")
-    unit_keys = {str(u): (read_provenance(Path(u.out)) or {}).get("key", "missing") for u in units}
-    inputs_key = fingerprint({"units": unit_keys, "eval": cfg.section("eval"), "code": _code()})
-    last = tables.latest(catalog, "runs", name).to_pylist()
-    summary = {"dataset": name, "units": [str(u) for u in units],
-               "evaluated": [r["unit"] for r in results], "reports": str(catalog.reports)}
-    if not results and last and last[0]["inputs_key"] == inputs_key:
+    units: list[EvalUnit] = plan.context["units"]
+    ok = [r for r in results if r.ok]
+    summary = {"dataset": name, "units": [u.name for u in units],
+               "evaluated": [r.unit for r in ok], "reports": str(catalog.reports)}
+    missing = [u.name for u in units if trusted(Path(u.out), u.key) is None]
+    if missing:  # a unit failed: no run is written from partial predictions
+        return summary | {"skipped": False, "run": None, "incomplete": missing}
+    unit_keys = {u.name: u.key for u in units}
+    inputs_key = fingerprint({"units": unit_keys, "eval": cfg.section("eval"),
+                              "code": code_key("stages.evaluate")})
+    config_key = eval_id(cfg)
+    last = tables.latest(catalog, "runs", name, config_key).to_pylist()
+    if not ok and last and last[0]["inputs_key"] == inputs_key:
         return summary | {"skipped": True, "run": last[0]["run"],
                           "random_weights": bool(last[0]["random_weights"])}
     pred = pd.concat([pq.read_table(u.out).to_pandas() for u in units], ignore_index=True)
@@ -222,7 +212,8 @@ def finish(cfg: RunConfig, catalog: Catalog, results: list[dict]) -> dict:
         "complexity": scoring.complexity_rows(variants, n_aus),
         "prior_metrics": _prior_rows(cfg, catalog),
     }
-    random_weights = any(FeatureStore(s).random_weights for s in {u.features for u in units})
+    random_weights = any(feature_store.FeatureStore(s).random_weights
+                         for s in {u.features for u in units})
     run_id = new_run_id()
     config = cfg.section("eval")
     written = {}
@@ -231,10 +222,11 @@ def finish(cfg: RunConfig, catalog: Catalog, results: list[dict]) -> dict:
             arrow = pa.Table.from_pandas(df, preserve_index=False)
             written[table] = str(tables.append(catalog, table, name, run_id, arrow,
                                                stage=STAGE, config=config, inputs=unit_keys))
-    timings = {r["unit"]: r["seconds"] for r in results} | {"finish": round(time.perf_counter() - t0, 3)}
+    timings = {r.unit: round(r.seconds, 3) for r in ok} | {"finish": round(time.perf_counter() - t0, 3)}
     runs = pa.Table.from_pylist([{
-        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "config_json": json.dumps(json.loads(cfg.model_dump_json()), sort_keys=True),
-        "code_version": _code(), "inputs_json": json.dumps(unit_keys, sort_keys=True),
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config_key": config_key, "config_json": json.dumps(json.loads(cfg.model_dump_json()), sort_keys=True),
+        "code_version": code_key("stages.evaluate"), "inputs_json": json.dumps(unit_keys, sort_keys=True),
         "inputs_key": inputs_key, "timings_json": json.dumps(timings, sort_keys=True),
         "random_weights": random_weights, "variants": variants,
         "eval_datasets": sorted(scored), "n_units": len(units)}])
@@ -254,6 +246,9 @@ def format_summary(summary: dict) -> str:
     from store.provenance import RANDOM_WEIGHTS_BANNER
 
     lines = [RANDOM_WEIGHTS_BANNER] if summary.get("random_weights") else []
+    if summary.get("incomplete"):
+        return (f"evaluate, dataset {summary['dataset']}: NO RUN WRITTEN: predictions missing for "
+                f"{', '.join(summary['incomplete'])}")
     state = "up to date (same heads, features and config): no new run" if summary["skipped"] else "new run"
     lines.append(f"evaluate, dataset {summary['dataset']}: {state} {summary['run']}")
     lines.append(f"  units: {len(summary['units'])}, evaluated now: {len(summary['evaluated'])}")
@@ -271,17 +266,3 @@ def format_summary(summary: dict) -> str:
     lines.append(f"  query: aunet query --store {Path(summary['reports']).parent} "
                  f"\"SELECT variant, au, f1 FROM metrics WHERE fold = 'mean' ORDER BY variant, au\"")
     return "\n".join(lines)
-
-
-def run(cfg: RunConfig, catalog: Catalog, *, force: bool = False, progress: bool = True,
-        client=None) -> dict:
-    with catalog.lock(cfg.dataset.name, STAGE):
-        units = plan(cfg, catalog, force=force)
-        if client is not None:
-            results = client.gather(client.map(lambda u: run_unit(cfg, catalog, u), units))
-        else:
-            results = [run_unit(cfg, catalog, u)
-                       for u in tqdm(units, desc="evaluate", unit="head", disable=not progress)]
-        summary = finish(cfg, catalog, results)
-        summary["forced"] = force
-        return summary

@@ -3,66 +3,60 @@
 A unit is one block of `faces.chunk_frames` manifest rows (= one Zarr chunk of every array).
 Frames are decoded in row order (images with a small thread pool, videos streaming with only the
 wanted frames converted), detected in batches, and the face is chosen per frame by `faces.rule`.
-Every row gets a record: a failed frame is `success=False` with a reason, never dropped.
+Every row gets a record: a failed frame is `success=False` with a reason, never dropped, and a
+frame's own problem (unreadable file, a folder given as an image) never fails its block.
 """
 from __future__ import annotations
 
-import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import datetime as dt
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from pipeline.align import template
 from pipeline.config import FacesConfig, RunConfig
-from pipeline.detect import Detector, FaceStatus, make_detector, resolve_weights
-from pipeline.manifest import BOX_COLUMNS
-from store import crops as crop_store
-from store.catalog import Catalog
-from store.provenance import code_version, file_sha256, fingerprint
+from pipeline.detect import Detector, FaceStatus, make_detector
+from stages.contract import Plan, UnitResult
 from stages.faces_frames import process_rows
-from stages.manifest import built_path as built_manifest_path
-from stages.manifest import manifest_key
+from store import crops as crop_store
+from store import manifests
+from store.catalog import Catalog
+from store.codekey import code_key
+from store.identity import faces_identity
+from store.provenance import record
 
 STAGE = "faces"
-CODE_MODULES = ("stages.faces", "stages.faces_frames", "pipeline.detect", "pipeline.align",
-                "pipeline.video", "store.crops")
-ROW_COLUMNS = ["row", "video_id", "frame", "image_path", "video_path", "video_frame",
-               *BOX_COLUMNS, "landmarks"]
 MAX_ERRORS = 20  # error messages kept per unit and in the summary
 
 
 @dataclass(frozen=True)
 class FacesUnit:
-    dataset: str
     store: str  # the crop store's path
     manifest: str  # the manifest's path
     chunk: int
     start: int  # first manifest row
     stop: int  # one past the last row
-    key: str  # the block's input fingerprint
+    key: str  # the block's input key
+    sequence: bool  # consecutive images of a video_id are one video's frames
+
+    @property
+    def name(self) -> str:
+        return f"block{self.chunk}"
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    def __str__(self) -> str:
+        return self.name
 
 
-def _params(cfg: RunConfig) -> dict:
-    return cfg.section("faces")
-
-
-def _code() -> str:
-    return code_version(*CODE_MODULES)
-
-
-@lru_cache(maxsize=4)
-def _detector_files(faces: FacesConfig) -> dict[str, str]:
-    """role -> SHA-256 of the detector's weight files ({} for provided landmarks)."""
-    if faces.detector.value == "provided":
-        return {}
-    return {f"{role}_sha256": file_sha256(p) for role, p in resolve_weights(faces).items()}
+def reads(cfg: RunConfig) -> list[tuple[str, str]]:
+    return [(cfg.dataset.name, "manifest")]
 
 
 @lru_cache(maxsize=2)
@@ -71,30 +65,12 @@ def _detector(faces: FacesConfig) -> Detector | None:
 
 
 @lru_cache(maxsize=2)
-def _manifest_rows(path: str, mtime_ns: int) -> pa.Table:
-    return pq.read_table(path, columns=ROW_COLUMNS)
+def _rows(path: str, mtime_ns: int) -> pa.Table:
+    return pq.read_table(path, columns=crop_store.ROW_COLUMNS)
 
 
-def _media_ids(rows: pa.Table) -> dict[str, list]:
-    """File identity (size, mtime) of every image / video a block reads: a replaced file
-    changes the block's key."""
-    out = {}
-    for col in ("image_path", "video_path"):
-        for p in set(rows.column(col).drop_null().to_pylist()):
-            try:
-                st = Path(p).stat()
-                out[p] = [st.st_size, st.st_mtime_ns]
-            except OSError:
-                out[p] = None
-    return out
-
-
-def _block_keys(table: pa.Table, chunk_frames: int, common: dict) -> list[str]:
-    keys = []
-    for start in range(0, table.num_rows, chunk_frames):
-        rows = table.slice(start, chunk_frames)
-        keys.append(fingerprint({"rows": rows.to_pylist(), "media": _media_ids(rows), **common}))
-    return keys
+def manifest_rows(path: Path) -> pa.Table:
+    return _rows(str(path), Path(path).stat().st_mtime_ns)
 
 
 def _store_attrs(cfg: RunConfig) -> dict:
@@ -104,128 +80,96 @@ def _store_attrs(cfg: RunConfig) -> dict:
             "keypoint_order": ["left_eye", "right_eye", "nose", "left_mouth", "right_mouth"]}
 
 
-def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False) -> list[FacesUnit]:
-    """Units for the blocks whose data is missing or whose inputs changed.
+def expected_keys(cfg: RunConfig, catalog: Catalog) -> list[str]:
+    """The block keys this config and the data as they are now give (read-only)."""
+    manifests.checked(cfg, catalog)
+    rows = manifest_rows(catalog.manifest(cfg.dataset.name))
+    return crop_store.block_keys(cfg, rows, code_key(crop_store.CODE_ENTRY))
 
-    Creates (or resizes) the store so units only ever write their own chunks.
-    """
-    name = cfg.dataset.name
-    mpath = built_manifest_path(catalog, name)  # clear error when the manifest was never built
-    table = _manifest_rows(str(mpath), mpath.stat().st_mtime_ns)
-    path = catalog.crops(name, _params(cfg))
-    f = cfg.faces
-    common = {"params": _params(cfg), "code": _code(), "detector": _detector_files(f)}
-    keys = _block_keys(table, f.chunk_frames, common)
-    crop_store.prepare(path, n_frames=table.num_rows, chunk_frames=f.chunk_frames, size=f.size,
-                       attrs=_store_attrs(cfg))
-    done, stored = crop_store.chunk_state(path)
-    units = []
+
+def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) -> Plan:
+    """Units for the blocks whose data is missing or whose inputs changed. Read-only."""
+    mpath = catalog.manifest(cfg.dataset.name)
+    keys = expected_keys(cfg, catalog)
+    path = catalog.crops(cfg)
+    n = manifest_rows(mpath).num_rows
+    done = stored = None
+    if crop_store.is_complete_layout(path):
+        done, stored = crop_store.chunk_state(path)
+        if len(done) != len(keys):
+            done = stored = None  # another row count: every block is redone
+    units, skipped = [], []
+    step = cfg.faces.chunk_frames
     for c, key in enumerate(keys):
-        if not force and done[c] and int(stored[c]) == crop_store.key_to_int(key):
-            continue
-        start = c * f.chunk_frames
-        units.append(FacesUnit(name, str(path), str(mpath), c, start,
-                               min(start + f.chunk_frames, table.num_rows), key))
-    return units
-
-
-def run_unit(cfg: RunConfig, catalog: Catalog, unit: FacesUnit) -> dict:
-    """Detect, choose, align and write one block; per-frame failures are recorded, not raised."""
-    t0 = time.perf_counter()
-    mpath = Path(unit.manifest)
-    rows = _manifest_rows(str(mpath), mpath.stat().st_mtime_ns).slice(unit.start, unit.stop - unit.start)
-    if rows.column("row").to_pylist() != list(range(unit.start, unit.stop)):
-        raise ValueError(f"{mpath}: rows {unit.start}..{unit.stop - 1} are not numbered in order; "
-                         "rebuild the manifest")
-    detector = _detector(cfg.faces)
-    data, errors, timing = process_rows(rows.to_pylist(), cfg.faces, detector)
-    crop_store.write_chunk(Path(unit.store), unit.chunk, unit.start, data, unit.key)
-    reasons = Counter(FaceStatus(int(r)).name.lower() for r in data["reason"])
-    return {"chunk": unit.chunk, "frames": len(rows), "faces": int(data["success"].sum()),
-            "reasons": dict(reasons), "errors": errors[:MAX_ERRORS], "timing": timing,
-            "seconds": time.perf_counter() - t0}
-
-
-def _safe_unit(cfg: RunConfig, catalog: Catalog, unit: FacesUnit) -> dict:
-    """run_unit, with an unexpected error turned into a failed-block record (the run goes on;
-    the block stays not-done and is retried by the next run)."""
-    try:
-        return run_unit(cfg, catalog, unit)
-    except Exception as e:  # noqa: BLE001 - reported in the summary, block left undone
-        return {"chunk": unit.chunk, "frames": 0, "failed": f"rows {unit.start}..{unit.stop - 1}: "
-                f"{type(e).__name__}: {e}", "seconds": 0.0}
-
-
-def _provenance(cfg: RunConfig, catalog: Catalog, path: Path) -> dict:
-    done, keys = crop_store.chunk_state(path)
-    inputs = {"manifest": manifest_key(catalog, cfg.dataset.name), **_detector_files(cfg.faces),
-              "blocks": fingerprint([int(k) if d else 0 for d, k in zip(done, keys)])}
-    config, code = _params(cfg), _code()
-    return {"stage": STAGE, "artifact": str(path), "config": config, "code_version": code,
-            "inputs": inputs, "key": fingerprint({"config": config, "code": code, "inputs": inputs}),
-            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "host": socket.gethostname(), "template": _store_attrs(cfg)["template"],
-            "eye_distance": cfg.faces.eye_distance, "box_margin": cfg.faces.box_margin,
-            "detector_files": {k: str(v) for k, v in _weight_paths(cfg.faces).items()}}
-
-
-def _weight_paths(faces: FacesConfig) -> dict:
-    return {} if faces.detector.value == "provided" else resolve_weights(faces)
-
-
-def finish(cfg: RunConfig, catalog: Catalog, results: list[dict]) -> dict:
-    """Summary over the whole store (blocks computed now and skipped ones); writes provenance."""
-    path = catalog.crops(cfg.dataset.name, _params(cfg))
-    crop_store.finalize(path, _provenance(cfg, catalog, path))
-    store = crop_store.CropStore(path)
-    by_reason = Counter(FaceStatus(int(r)).name.lower() for r in store.reason[~store.success])
-    done = store.chunk_done
-    computed = sum(r["frames"] for r in results)
-    seconds = sum(r["seconds"] for r in results)
-    timing = Counter()
-    for r in results:
-        timing.update(r.get("timing", {}))
-    errors = [e for r in results for e in r.get("errors", [])]
-    failed = [r["failed"] for r in results if "failed" in r]
-    return {
-        "frames": store.n_frames, "faces_found": int(store.success.sum()),
-        "failures": dict(sorted(by_reason.items())), "computed_frames": computed,
-        "frames_per_second": round(computed / seconds, 2) if seconds > 0 else None,
-        "seconds": round(seconds, 2), "timing": {k: round(v, 3) for k, v in timing.items()},
-        "chunks": len(done), "computed_chunks": len(results) - len(failed),
-        "skipped_chunks": len(done) - len(results), "failed_chunks": failed,
-        "incomplete_chunks": int((~done).sum()), "errors": (errors + failed)[:MAX_ERRORS],
-        "path": str(path), "key": crop_store.crop_store_key(path),
-    }
-
-
-def run(cfg: RunConfig, catalog: Catalog, *, force: bool = False, progress: bool = True,
-        client=None) -> dict:
-    """All of the stage under the (dataset, faces) lock; units in-process or over `client`."""
-    with catalog.lock(cfg.dataset.name, STAGE):
-        units = plan(cfg, catalog, force=force)
-        bar = tqdm(total=sum(u.stop - u.start for u in units), unit="frame", desc="faces",
-                   disable=not progress)
-        results = []
-        if client is not None and units:
-            from distributed import as_completed
-
-            futures = client.map(_safe_unit, [cfg] * len(units), [catalog] * len(units), units,
-                                 pure=False)
-            for fut in as_completed(futures):
-                try:
-                    res = fut.result()
-                except Exception as e:  # noqa: BLE001 - a worker died: block left undone
-                    res = {"chunk": -1, "frames": 0, "seconds": 0.0, "failed": f"worker: {e}"}
-                results.append(res)
-                bar.update(res["frames"])
+        unit = FacesUnit(str(path), str(mpath), c, c * step, min((c + 1) * step, n), key,
+                         crop_store.sequence_images(cfg))
+        if not force and done is not None and done[c] and int(stored[c]) == crop_store.key_to_int(key):
+            skipped.append(unit.name)
         else:
-            for u in units:
-                res = _safe_unit(cfg, catalog, u)
-                results.append(res)
-                bar.update(u.stop - u.start)
-        bar.close()
-        return finish(cfg, catalog, results)
+            units.append(unit)
+    return Plan(units, skipped, {"path": str(path), "keys": keys, "frames": n})
+
+
+def prepare(cfg: RunConfig, catalog: Catalog, plan: Plan) -> None:
+    crop_store.prepare(Path(plan.context["path"]), n_frames=plan.context["frames"],
+                       chunk_frames=cfg.faces.chunk_frames, size=cfg.faces.size,
+                       attrs=_store_attrs(cfg))
+
+
+def run_unit(cfg: RunConfig, catalog: Catalog, unit: FacesUnit, progress=None) -> dict:
+    """Detect, choose, align and write one block; per-frame failures are recorded, not raised."""
+    rows = manifest_rows(Path(unit.manifest)).slice(unit.start, unit.stop - unit.start)
+    if rows.column("row").to_pylist() != list(range(unit.start, unit.stop)):
+        raise ValueError(f"{unit.manifest}: rows {unit.start}..{unit.stop - 1} are not numbered "
+                         "in order; rebuild the manifest")
+    data, errors, timing = process_rows(rows.to_pylist(), cfg.faces, _detector(cfg.faces),
+                                        sequence_images=unit.sequence)
+    crop_store.write_chunk(Path(unit.store), unit.chunk, unit.start, data, unit.key)
+    if progress:
+        progress(unit.size)
+    return {"frames": unit.size, "faces": int(data["success"].sum()),
+            "errors": errors[:MAX_ERRORS], "timing": timing}
+
+
+def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResult]) -> dict:
+    """Record completion (only when every block holds its expected key) and summarise."""
+    path = Path(plan.context["path"])
+    keys = plan.context["keys"]
+    if not path.exists():  # nothing was ever created (every unit failed before writing)
+        return {"path": str(path), "frames": plan.context["frames"], "complete": False,
+                "faces_found": 0, "failures": {}, "computed_frames": 0, "frames_per_second": None,
+                "timing": {}, "chunks": len(keys), "computed_chunks": 0,
+                "skipped_chunks": len(plan.skipped), "incomplete_chunks": len(keys), "errors": []}
+    done, stored = crop_store.chunk_state(path)
+    complete = bool(done.all()) and [f"{int(k):016x}" for k in stored] == list(keys)
+    rec = None
+    if complete:
+        rec = record(stage=STAGE, name=catalog.rel(path), identity=faces_identity(cfg),
+                     inputs={"blocks": crop_store.store_key(keys)},
+                     code=code_key(crop_store.CODE_ENTRY))
+        rec["key"] = crop_store.store_key(keys)  # consumers check this against the config's keys
+    crop_store.finalize(path, rec)
+    store = crop_store.CropStore(path)
+    written = crop_store.chunk_rows_done(done, cfg.faces.chunk_frames, store.n_frames)
+    success = store.success & written
+    by_reason = Counter(FaceStatus(int(r)).name.lower() for r in store.reason[written & ~store.success])
+    ok = [r for r in results if r.ok]
+    computed = sum(r.data["frames"] for r in ok)
+    seconds = sum(r.seconds for r in ok)
+    timing = Counter()
+    for r in ok:
+        timing.update(r.data.get("timing", {}))
+    errors = [e for r in ok for e in r.data.get("errors", [])]
+    return {
+        "path": str(path), "frames": store.n_frames, "complete": complete,
+        "faces_found": int(success.sum()), "failures": dict(sorted(by_reason.items())),
+        "computed_frames": computed,
+        "frames_per_second": round(computed / seconds, 2) if seconds > 0 else None,
+        "timing": {k: round(v, 3) for k, v in timing.items()},
+        "chunks": len(keys), "computed_chunks": len(ok), "skipped_chunks": len(plan.skipped),
+        "incomplete_chunks": int((~done).sum()), "errors": errors[:MAX_ERRORS],
+        "key": rec["key"] if rec else None,
+    }
 
 
 def format_summary(s: dict) -> str:
@@ -234,14 +178,15 @@ def format_summary(s: dict) -> str:
     lines = [
         f"faces: {s['faces_found']} of {s['frames']} frames have an aligned face",
         f"  failures by reason: {fails}",
-        f"  computed {s['computed_frames']} frames in {s['computed_chunks']} chunks ({fps}); "
-        f"skipped {s['skipped_chunks']} up-to-date chunks",
+        f"  computed {s['computed_frames']} frames in {s['computed_chunks']} blocks ({fps}); "
+        f"skipped {s['skipped_chunks']} up-to-date blocks",
     ]
     if s["timing"]:
         total = sum(s["timing"].values()) or 1.0
         lines.append("  time: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in s["timing"].items()))
-    if s["failed_chunks"]:
-        lines.append(f"  {len(s['failed_chunks'])} chunks FAILED (rerun to retry):")
+    if not s["complete"]:
+        lines.append(f"  INCOMPLETE: {s['incomplete_chunks']} of {s['chunks']} blocks not written; "
+                     "rerun `aunet faces` to finish them")
     lines += [f"    {e}" for e in s["errors"]]
     lines.append(f"  store: {s['path']}")
     return "\n".join(lines)

@@ -52,10 +52,9 @@ def _video_frames(path: str, rows: list[dict], idx: list[int]) -> Iterator[Frame
     for i in idx:
         wanted.setdefault(int(rows[i]["video_frame"]), []).append(i)
     seen: set[int] = set()
-    last = -1
+    info: dict = {}
     try:
-        for f, img in iter_video(path, set(wanted)):
-            last = f
+        for f, img in iter_video(path, set(wanted), info):
             seen.add(f)
             for i in wanted[f]:
                 yield i, img, FaceStatus.OK, ""
@@ -65,9 +64,11 @@ def _video_frames(path: str, rows: list[dict], idx: list[int]) -> Iterator[Frame
                 yield i, None, FaceStatus.VIDEO_UNREADABLE, f"{e}"
         return
     missing = sorted(set(wanted) - seen)
+    n = info.get("decoded", 0)
     for f in missing:
-        msg = (f"{path}: frame {f} is beyond the last decodable frame ({last}); "
-               f"the video is shorter than its labels ({len(missing)} labelled frames missing)")
+        msg = (f"{path}: frame {f} is beyond the video's end ({n} decodable frames, the last is "
+               f"{n - 1}); the video is shorter than its labels ({len(missing)} labelled frames "
+               "missing)")
         for i in wanted[f]:
             yield i, None, FaceStatus.FRAME_MISSING, msg
 
@@ -122,8 +123,24 @@ def _where(r: dict) -> str:
     return r.get("image_path") or f"{r.get('video_path')} frame {r.get('video_frame')}"
 
 
-def process_rows(rows: list[dict], faces: FacesConfig,
-                 detector: Optional[Detector]) -> tuple[dict[str, np.ndarray], list[str], dict[str, float]]:
+def _same_video(rows: list[dict], i: int, sequence_images: bool) -> bool:
+    """Whether row i continues row i-1's video: frames of one video file, or of one video_id
+    when its images are a video's frames. Unrelated stills are never linked by tracking."""
+    a, b = rows[i - 1], rows[i]
+    if a["video_id"] != b["video_id"]:
+        return False
+    if b.get("video_path") and not b.get("image_path"):
+        return a.get("video_path") == b["video_path"]
+    return sequence_images and bool(b.get("image_path"))
+
+
+def process_rows(rows: list[dict], faces: FacesConfig, detector: Optional[Detector],
+                 sequence_images: bool = False) -> tuple[dict[str, np.ndarray], list[str], dict[str, float]]:
+    """The block's arrays, error messages naming file and frame, and seconds per part.
+
+    sequence_images: consecutive image rows of one video_id are frames of one video, so
+    `faces.rule: track` follows the face through them; otherwise only video files are tracked.
+    """
     n, size = len(rows), faces.size
     data = _empty(n, size)
     errors: list[str] = []
@@ -141,7 +158,7 @@ def process_rows(rows: list[dict], faces: FacesConfig,
                 status = FaceStatus.DETECTOR_ERROR
             if d is not None:
                 data["n_faces"][i] = len(d)
-                same_track = prev is not None and prev[0] == i - 1 and rows[i - 1]["video_id"] == rows[i]["video_id"]
+                same_track = prev is not None and prev[0] == i - 1 and _same_video(rows, i, sequence_images)
                 k, status = choose_face(d, faces.rule, prev[1] if same_track else None, faces.min_face_px)
                 if k is not None:
                     try:

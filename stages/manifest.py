@@ -1,56 +1,53 @@
 """Stage 0: read a dataset on disk into the manifest table (one row per frame)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline.config import RunConfig
 from pipeline.datasets import WITH_INTENSITY, read_dataset
 from pipeline.folds import assign_folds
 from pipeline.labels import positive_rates
-from pipeline.manifest import ManifestReport, au_set_of, finalize, label_matrix
+from pipeline.manifest import ManifestReport, finalize, label_matrix
+from stages.contract import Plan, UnitResult
+from store import manifests
 from store.catalog import Catalog
-from store.provenance import (code_version, fingerprint, is_current, read_provenance,
-                              write_json, write_provenance, write_table)
+from store.codekey import code_key
+from store.provenance import record, trusted, write_json, write_provenance, write_table
 
 STAGE = "manifest"
-CODE_MODULES = ("stages.manifest", "pipeline.manifest", "pipeline.folds", "pipeline.datasets",
-                "pipeline.datasets.generic", "pipeline.datasets.demo", "pipeline.datasets.bp4d",
-                "pipeline.datasets.disfa", "pipeline.datasets.affwild2", "pipeline.datasets.listfmt")
 
 
 @dataclass(frozen=True)
 class ManifestUnit:
     dataset: str
 
+    @property
+    def name(self) -> str:
+        return f"manifest-{self.dataset}"
 
-def _params(cfg: RunConfig) -> dict:
-    return cfg.section("dataset")
-
-
-def _inputs(cfg: RunConfig) -> dict[str, str]:
-    """Cheap fingerprint of the dataset's label files: names, sizes and mtimes."""
-    d = cfg.dataset
-    files = [p for p in (d.manifest_file, d.list_paths, d.list_labels) if p and p.exists()]
-    if not files and d.root.exists():
-        files = sorted(p for p in d.root.rglob("*") if p.suffix.lower() in (".csv", ".txt", ".parquet", ".json"))
-    return {"label_files": fingerprint([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])}
+    size = 0
 
 
-def _code() -> str:
-    return code_version(*CODE_MODULES)
+def reads(cfg: RunConfig) -> list[tuple[str, str]]:
+    return []
 
 
-def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False) -> list[ManifestUnit]:
+def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) -> Plan:
     out = catalog.manifest(cfg.dataset.name)
-    if not force and is_current(out, config=_params(cfg), code=_code(), inputs=_inputs(cfg)):
-        return []
-    return [ManifestUnit(cfg.dataset.name)]
+    unit = ManifestUnit(cfg.dataset.name)
+    if not force and trusted(out, manifests.expected_key(cfg)) is not None:
+        return Plan([], skipped=[unit.name])
+    return Plan([unit])
 
 
-def run_unit(cfg: RunConfig, catalog: Catalog, unit: ManifestUnit) -> dict:
+def prepare(cfg: RunConfig, catalog: Catalog, plan: Plan) -> None:
+    """Nothing to create: the table is written whole by its unit."""
+
+
+def run_unit(cfg: RunConfig, catalog: Catalog, unit: ManifestUnit, progress=None) -> dict:
     d = cfg.dataset
     report = ManifestReport(policy=d.on_bad_input)
     df = read_dataset(d, report)
@@ -60,8 +57,12 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: ManifestUnit) -> dict:
     write_table(out, table)
     summary = summarize(table, d.au_set) | {"report": report.as_dict(table.num_rows)}
     write_json(catalog.manifest_report(d.name), summary)
-    write_provenance(out, stage=STAGE, config=_params(cfg), code=_code(), inputs=_inputs(cfg),
-                     extra={"rows": table.num_rows})
+    # label files are hashed after reading: the demo generates its files on first use
+    rec = record(stage=STAGE, name=catalog.rel(out), identity=manifests.identity(cfg),
+                 inputs={"label_files": manifests.label_files(cfg)},
+                 code=code_key("stages.manifest"),
+                 extra={"rows": table.num_rows, "keys": manifests.content_keys(table)})
+    write_provenance(out, rec)
     return summary
 
 
@@ -80,51 +81,23 @@ def summarize(table, au_set) -> dict:
     }
 
 
-def finish(cfg: RunConfig, catalog: Catalog, results: list[dict]) -> dict:
-    if results:
-        summary = results[0]
-        summary["skipped"] = False
+def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResult]) -> dict:
+    done = [r for r in results if r.ok]
+    if done:
+        summary = dict(done[0].data, skipped=False)
+    elif results:  # the one unit failed: nothing to summarise but the failure
+        return {"skipped": False, "path": str(catalog.manifest(cfg.dataset.name)), "frames": 0}
     else:
-        import json
-
         summary = json.loads(catalog.manifest_report(cfg.dataset.name).read_text())
         summary["skipped"] = True
     summary["path"] = str(catalog.manifest(cfg.dataset.name))
     return summary
 
 
-def run(cfg: RunConfig, catalog: Catalog, *, force: bool = False, progress: bool = True,
-        client=None) -> dict:
-    with catalog.lock(cfg.dataset.name, STAGE):
-        units = plan(cfg, catalog, force=force)
-        return finish(cfg, catalog, [run_unit(cfg, catalog, u) for u in units])
-
-
-def built_path(catalog: Catalog, dataset: str):
-    """The manifest's path; raises naming it when the manifest was never built."""
-    path = catalog.manifest(dataset)
-    if not path.exists():
-        raise FileNotFoundError(f"no manifest for dataset '{dataset}' at {path}; run `aunet manifest` first")
-    return path
-
-
-def load(catalog: Catalog, dataset: str):
-    """The manifest as an Arrow table (raises naming the path when it was never built)."""
-    return pq.read_table(built_path(catalog, dataset))
-
-
-def au_set(catalog: Catalog, dataset: str):
-    """The manifest's AU set, from the Parquet schema alone (no rows read)."""
-    return au_set_of(pq.read_schema(built_path(catalog, dataset)))
-
-
-def manifest_key(catalog: Catalog, dataset: str) -> str:
-    rec = read_provenance(catalog.manifest(dataset))
-    return rec["key"] if rec else "missing"
-
-
 def format_summary(summary: dict) -> str:
     """The manifest stage's summary as text: counts, folds, positive rates, what was left out."""
+    if not summary.get("frames") and not summary.get("skipped"):
+        return f"manifest: {summary.get('path', '')} not written"
     report = summary.get("report", {})
     head = f"manifest: {summary.get('path', '')}"
     if summary.get("skipped"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
@@ -19,51 +18,59 @@ from pipeline.config import RunConfig
 from pipeline.folds import holdout_subjects
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.models.vae import fit_vae, negative_elbo, prior_metrics
-from stages.manifest import built_path as built_manifest_path, load as load_manifest, manifest_key
+from stages.contract import Plan, UnitResult
+from store import manifests
 from store.catalog import Catalog
-from store.provenance import atomic_path, code_version, is_current, read_provenance, write_provenance
+from store.codekey import code_key
+from store.identity import prior_identity
+from store.provenance import atomic_path, read_provenance, record, trusted, write_provenance
 
 STAGE = "prior"
-CODE_MODULES = ("stages.prior", "pipeline.models.vae", "pipeline.losses", "pipeline.labels")
 
 
 @dataclass(frozen=True)
 class PriorUnit:
     dataset: str
     fold: int
+    key: str  # the prior's expected key
+
+    @property
+    def name(self) -> str:
+        return f"fold{self.fold}"
+
+    size = 0
 
 
-def prior_params(cfg: RunConfig) -> dict:
-    return cfg.section("prior") | {"k": cfg.prior.k(cfg.dataset.au_set),
-                                   "au_set": cfg.dataset.au_set.value}
+def reads(cfg: RunConfig) -> list[tuple[str, str]]:
+    return [(cfg.dataset.name, "manifest")]
 
 
-def prior_path(cfg: RunConfig, catalog: Catalog, fold: int):
-    return catalog.prior(cfg.dataset.name, fold, prior_params(cfg))
+def inputs(rec: dict, fold: int) -> dict:
+    """What fold k's prior is computed from: the labels of every row outside test fold k."""
+    return {"train_labels": rec["keys"]["train"][str(fold)]}
 
 
-def _inputs(catalog: Catalog, dataset: str) -> dict[str, str]:
-    return {"manifest": manifest_key(catalog, dataset)}
+def expected_key(cfg: RunConfig, manifest_rec: dict, fold: int) -> str:
+    from store.provenance import artifact_key
+
+    return artifact_key(prior_identity(cfg), inputs(manifest_rec, fold), code_key("stages.prior"))
 
 
-def _code() -> str:
-    return code_version(*CODE_MODULES)
-
-
-def test_folds(catalog: Catalog, dataset: str) -> list[int]:
-    folds = pq.read_table(built_manifest_path(catalog, dataset), columns=["fold"]).column("fold").to_numpy()
-    return sorted(int(f) for f in np.unique(folds) if f > 0)
-
-
-def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False) -> list[PriorUnit]:
+def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) -> Plan:
     name = cfg.dataset.name
-    units = []
-    for fold in test_folds(catalog, name):
-        current = is_current(prior_path(cfg, catalog, fold), config=prior_params(cfg),
-                             code=_code(), inputs=_inputs(catalog, name))
-        if force or not current:
-            units.append(PriorUnit(name, fold))
-    return units
+    rec = manifests.checked(cfg, catalog)
+    units, skipped = [], []
+    for fold in manifests.test_folds(catalog, name):
+        unit = PriorUnit(name, fold, expected_key(cfg, rec, fold))
+        if force or trusted(catalog.prior(cfg, fold), unit.key) is None:
+            units.append(unit)
+        else:
+            skipped.append(unit.name)
+    return Plan(units, skipped)
+
+
+def prepare(cfg: RunConfig, catalog: Catalog, plan: Plan) -> None:
+    """Nothing to create: each prior file is written whole by its unit."""
 
 
 def _fit(cfg: RunConfig, y: np.ndarray, lam: float, bar, what: str):
@@ -77,8 +84,8 @@ def _fit(cfg: RunConfig, y: np.ndarray, lam: float, bar, what: str):
                    batch_size=p.batch_size, noise=p.noise, seed=p.seed, on_epoch=on_epoch)
 
 
-def run_unit(cfg: RunConfig, catalog: Catalog, unit: PriorUnit, progress: bool = True) -> dict:
-    table = load_manifest(catalog, unit.dataset)
+def run_unit(cfg: RunConfig, catalog: Catalog, unit: PriorUnit, progress=None) -> dict:
+    table = manifests.load(catalog, unit.dataset)
     au_set = au_set_of(table)
     df = table.select(["subject", "fold"]).to_pandas()
     y = label_matrix(table, au_set)  # (N, L), NaN = unknown
@@ -96,7 +103,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: PriorUnit, progress: bool =
     select = len(lambdas) > 1 and is_held.any() and (rows & ~is_held).any()
     n_fits = (len(lambdas) if select else 0) + 1
     bar = tqdm(total=n_fits * cfg.prior.epochs, desc=f"prior {unit.dataset} fold {unit.fold}",
-               disable=not progress)
+               disable=progress is None, leave=False)
     selection: dict[str, float] = {}
     if select:
         for lam in lambdas:
@@ -112,45 +119,42 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: PriorUnit, progress: bool =
                "n_unknown_left_out": n_unknown, "n_holdout_subjects": len(held) if select else 0,
                **prior_metrics(vae, y[rows], seed=cfg.prior.seed),
                "final_loss": float(history[-1])}
-    out = prior_path(cfg, catalog, unit.fold)
+    out = catalog.prior(cfg, unit.fold)
     with atomic_path(out, ".pt") as tmp:
         torch.save({"state_dict": vae.state_dict(), "n_aus": vae.n_aus, "latent": vae.latent,
                     "lambda": lam, "au_set": au_set.value, "au_columns": au_set.columns,
                     "fold": unit.fold, "history": history, "selection": selection,
                     "metrics": metrics}, tmp)
-    write_provenance(out, stage=STAGE, config=prior_params(cfg), code=_code(),
-                     inputs=_inputs(catalog, unit.dataset),
-                     extra={"metrics": metrics, "selection": selection})
+    rec = record(stage=STAGE, name=catalog.rel(out), identity=prior_identity(cfg),
+                 inputs=inputs(manifests.record(catalog, unit.dataset), unit.fold),
+                 code=code_key("stages.prior"), extra={"metrics": metrics, "selection": selection})
+    if rec["key"] != unit.key:
+        raise ValueError(f"{out}: the manifest changed while the prior trained; run again")
+    write_provenance(out, rec)
     return {"fold": unit.fold, "path": str(out), "metrics": metrics, "selection": selection,
             "skipped": False}
 
 
-def finish(cfg: RunConfig, catalog: Catalog, results: list[dict]) -> dict:
-    done = {r["fold"]: r for r in results}
+def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResult]) -> dict:
+    done = {r.data["fold"]: r.data for r in results if r.ok}
     folds = []
-    for fold in test_folds(catalog, cfg.dataset.name):
+    for fold in manifests.test_folds(catalog, cfg.dataset.name):
         if fold in done:
             folds.append(done[fold])
             continue
-        path = prior_path(cfg, catalog, fold)
+        path = catalog.prior(cfg, fold)
         rec = read_provenance(path) or {}
+        failed = f"fold{fold}" not in plan.skipped
         folds.append({"fold": fold, "path": str(path), "metrics": rec.get("metrics"),
-                      "selection": rec.get("selection"), "skipped": True})
+                      "selection": rec.get("selection"), "skipped": not failed, "failed": failed})
     return {"dataset": cfg.dataset.name, "folds": folds}
-
-
-def run(cfg: RunConfig, catalog: Catalog, *, force: bool = False, progress: bool = True,
-        client=None) -> dict:
-    with catalog.lock(cfg.dataset.name, STAGE):
-        units = plan(cfg, catalog, force=force)
-        return finish(cfg, catalog, [run_unit(cfg, catalog, u, progress) for u in units])
 
 
 def format_summary(summary: dict) -> str:
     lines = [f"label prior, dataset {summary['dataset']}"]
     for f in summary["folds"]:
         m = f.get("metrics") or {}
-        state = "up to date" if f["skipped"] else "trained"
+        state = "FAILED" if f.get("failed") else ("up to date" if f["skipped"] else "trained")
         lines.append(f"  fold {f['fold']} ({state}): lambda={m.get('lambda')} k={m.get('latent_dim')} "
                      f"frames={m.get('n_frames')} unknown left out={m.get('n_unknown_left_out')} "
                      f"recon F1={m.get('recon_f1', float('nan')):.3f} KL={m.get('kl', float('nan')):.2f} "

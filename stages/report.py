@@ -11,28 +11,36 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 
 from pipeline.config import RunConfig
 from store import tables
 from store.catalog import Catalog
-from store.provenance import (RANDOM_WEIGHTS_BANNER, atomic_path, code_version, is_current,
-                              read_provenance, write_provenance)
+from pipeline.errors import MissingArtifact
+from stages.contract import Plan, UnitResult
+from store.codekey import code_key
+from store.identity import eval_id
+from store.provenance import (RANDOM_WEIGHTS_BANNER, artifact_key, atomic_path, read_provenance,
+                              record, trusted, write_provenance)
 
 STAGE = "report"
-CODE_MODULES = ("stages.report", "stages.report_figures", "store.tables")
 VARIANT_NAMES = {"au_fan": "AU-FAN", "au_vae": "AU-VAE", "au_tdn": "AU-TDN", "aunet": "AUNet",
                  "fan_backbone": "frozen FAN"}
 UNIT_NAMES = {"frame_accuracy": "frame: accuracy over AUs", "frame_f1": "frame: example F1",
               "subject_f1": "subject: F1 over AUs", "avg_f1": "Avg F1, subjects resampled"}
-MAX_QUERY_ROWS = 200  # rows printed by run_query
 
 
 @dataclass(frozen=True)
 class ReportUnit:
     dataset: str
     run: str
+    key: str
+
+    @property
+    def name(self) -> str:
+        return f"report-{self.run}"
+
+    size = 0
 
 
 def _name(v: str) -> str:
@@ -161,14 +169,14 @@ def render_html(secs: list[tuple[str, object]], images: list[str]) -> str:
 
 
 # -- the stage ----------------------------------------------------------------------------------
-def latest_tables(catalog: Catalog, dataset: str) -> tuple[str, dict[str, pd.DataFrame], dict]:
-    """(run id, {table: rows of the dataset's latest complete run}, the runs row)."""
-    run = tables.latest_run(catalog, dataset)
-    if run is None:
-        raise FileNotFoundError(f"no complete evaluation run for dataset '{dataset}' under "
-                                f"{catalog.reports}; run `aunet evaluate` first")
-    out = {name: tables.latest(catalog, name, dataset).to_pandas() for name in tables.TABLES}
-    return run, out, out["runs"].iloc[0].to_dict()
+def reads(cfg: RunConfig) -> list[tuple[str, str]]:
+    return [(cfg.dataset.name, "evaluate")]
+
+
+def run_tables(catalog: Catalog, dataset: str, run: str) -> tuple[dict[str, pd.DataFrame], dict]:
+    """({table: rows of that run}, its runs row)."""
+    out = {name: tables.read_run(catalog, name, dataset, run).to_pandas() for name in tables.TABLES}
+    return out, out["runs"].iloc[0].to_dict()
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -176,26 +184,34 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False) -> list[ReportUnit]:
-    run = tables.latest_run(catalog, cfg.dataset.name)
-    if run is None:
-        raise FileNotFoundError(f"no complete evaluation run for dataset '{cfg.dataset.name}'; "
-                                "run `aunet evaluate` first")
-    md = catalog.rendered(cfg.dataset.name) / "report.md"
-    current = is_current(md, config=_config(cfg), code=code_version(*CODE_MODULES), inputs={"run": run})
-    return [] if current and not force else [ReportUnit(cfg.dataset.name, run)]
-
-
 def _config(cfg: RunConfig) -> dict:
     return {"timeline_video": cfg.eval.timeline_video, "threshold": cfg.eval.threshold}
 
 
-def run_unit(cfg: RunConfig, catalog: Catalog, unit: ReportUnit) -> dict:
+def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) -> Plan:
+    """The newest complete evaluation run of exactly this config's request, if not rendered."""
+    run = tables.latest_run(catalog, cfg.dataset.name, eval_id(cfg))
+    if run is None:
+        raise MissingArtifact(f"no complete evaluation run of this config for dataset "
+                              f"'{cfg.dataset.name}' under {catalog.reports}; run `aunet evaluate` "
+                              "first")
+    unit = ReportUnit(cfg.dataset.name, run, artifact_key(_config(cfg), {"run": run},
+                                                          code_key("stages.report")))
+    md = catalog.rendered(cfg.dataset.name) / "report.md"
+    if not force and trusted(md, unit.key) is not None:
+        return Plan([], [unit.name], {"run": run})
+    return Plan([unit], [], {"run": run})
+
+
+def prepare(cfg: RunConfig, catalog: Catalog, plan: Plan) -> None:
+    """Nothing to create: the unit writes each file atomically."""
+
+
+def run_unit(cfg: RunConfig, catalog: Catalog, unit: ReportUnit, progress=None) -> dict:
     from stages import report_figures as figs
 
-    run, t, runs_row = latest_tables(catalog, unit.dataset)
-    if run != unit.run:
-        raise ValueError(f"a newer run {run} appeared since planning ({unit.run}); plan again")
+    t, runs_row = run_tables(catalog, unit.dataset, unit.run)
+    run = unit.run
     rw = bool(runs_row["random_weights"])
     banner = RANDOM_WEIGHTS_BANNER if rw else None
     out = catalog.rendered(unit.dataset)
@@ -220,27 +236,24 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: ReportUnit) -> dict:
         f"![{p.stem}]({p.name})" for p in images) + "\n")
     written = [files["html"], *images, files["markdown"]]
     for p in written:  # markdown last: its provenance marks the rendering as current
-        write_provenance(p, stage=STAGE, config=_config(cfg), code=code_version(*CODE_MODULES),
-                         inputs={"run": run}, extra={"random_weights": rw})
+        rec = record(stage=STAGE, name=catalog.rel(p), identity=_config(cfg), inputs={"run": run},
+                     code=code_key("stages.report"), extra={"random_weights": rw})
+        write_provenance(p, rec)
     return {"run": run, "files": [str(p) for p in written], "random_weights": rw,
             "timeline_video": video}
 
 
-def finish(cfg: RunConfig, catalog: Catalog, results: list[dict]) -> dict:
+def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResult]) -> dict:
     out = catalog.rendered(cfg.dataset.name)
-    if results:
-        return results[0] | {"dataset": cfg.dataset.name, "skipped": False, "store": str(catalog.root)}
+    done = [r for r in results if r.ok]
+    if done:
+        return done[0].data | {"dataset": cfg.dataset.name, "skipped": False,
+                               "store": str(catalog.root)}
     files = sorted(str(p) for p in out.glob("*") if not p.name.endswith(".provenance.json"))
     rec = read_provenance(out / "report.md") or {}
-    return {"dataset": cfg.dataset.name, "skipped": True, "run": rec.get("inputs", {}).get("run"),
-            "files": files, "random_weights": bool(rec.get("random_weights")),
+    return {"dataset": cfg.dataset.name, "skipped": not results, "run": plan.context["run"],
+            "files": files if not results else [], "random_weights": bool(rec.get("random_weights")),
             "store": str(catalog.root)}
-
-
-def run(cfg: RunConfig, catalog: Catalog, *, force: bool = False, progress: bool = True,
-        client=None) -> dict:
-    with catalog.lock(cfg.dataset.name, STAGE):
-        return finish(cfg, catalog, [run_unit(cfg, catalog, u) for u in plan(cfg, catalog, force=force)])
 
 
 def format_summary(summary: dict) -> str:
@@ -255,55 +268,3 @@ def format_summary(summary: dict) -> str:
               f"  aunet query --store {store} \"SELECT variant, unit, n, t, p FROM significance\"",
               f"  aunet query --store {store} \"SELECT run, dataset, random_weights FROM runs ORDER BY run\""]
     return "\n".join(lines)
-
-
-# -- SQL ----------------------------------------------------------------------------------------
-def connect(catalog: Catalog) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB with one view per report table that has partitions."""
-    con = duckdb.connect()
-    for name in tables.TABLES:
-        if not tables.part_files(catalog, name):
-            continue
-        glob = str(catalog.table_dir(name) / tables.PART_GLOB).replace("'", "''")
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{glob}', "
-                    "hive_partitioning = true, union_by_name = true, "
-                    "hive_types = {'dataset': VARCHAR, 'run': VARCHAR})")
-    return con
-
-
-def format_rows(columns: list[str], rows: list[tuple]) -> str:
-    """An aligned text table (numbers right-aligned)."""
-    def cell(v) -> str:
-        if v is None:
-            return "NULL"
-        if isinstance(v, float):
-            return f"{v:.6g}"
-        return str(v)
-
-    cells = [[cell(v) for v in r] for r in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and rows
-               for i in range(len(columns))]
-    def line(vals):
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)).rstrip()
-    out = [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
-    return "\n".join(out)
-
-
-def run_query(catalog: Catalog, sql: str) -> str:
-    """Answer SQL over the report tables (views: runs, predictions, metrics, ...)."""
-    con = connect(catalog)
-    try:
-        res = con.execute(sql)
-    except duckdb.Error as e:
-        have = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()]
-        raise ValueError(f"query failed: {e}\n(tables with data under {catalog.reports}: "
-                         f"{', '.join(have) or 'none'})") from None
-    if res.description is None:
-        return "OK"
-    columns = [d[0] for d in res.description]
-    rows = res.fetchmany(MAX_QUERY_ROWS + 1)
-    text = format_rows(columns, rows[:MAX_QUERY_ROWS])
-    if len(rows) > MAX_QUERY_ROWS:
-        text += f"\n... (more than {MAX_QUERY_ROWS} rows; add LIMIT or aggregate)"
-    return text + f"\n({min(len(rows), MAX_QUERY_ROWS)} rows)"

@@ -1,15 +1,22 @@
-"""The one catalog that names every artifact.
+"""The one catalog that names every artifact, guards it with locks and cleans up after kills.
 
-Stages never build paths: they ask the catalog, which derives each path from (dataset, stage,
-parameters). Layout under the store root:
+Stages never build paths: they ask the catalog, which derives each path from the config's
+identities (`store.identity`), never from what happens to be on disk. Layout under the root:
 
-    {root}/{dataset}/manifest/manifest.parquet          (+ .provenance.json, report json)
-    {root}/{dataset}/faces/{faces_id}/crops.zarr        aligned crops, boxes, keypoints, flags
-    {root}/{dataset}/features/{backbone}-{weights_id}/features.zarr
-    {root}/{dataset}/prior/fold{f}/{prior_id}.pt        VAE label prior (+ metrics)
-    {root}/{dataset}/models/{variant}/fold{f}/{head_id}/epoch{e}.pt, final.pt
-    {root}/reports/{table}/dataset={d}/run={run}/part-0.parquet   (hive-partitioned, append-only)
-    {root}/reports/rendered/{dataset}/...               Markdown, HTML and PNG renderings
+    {dataset}/manifest/manifest.parquet                      (+ .provenance.json, report json)
+    {dataset}/faces/{detector}-{faces_id}/crops.zarr         aligned crops and per-frame records
+    {dataset}/features/{backbone}-{weights}-{features_id}/features.zarr
+    {dataset}/prior/fold{k}/vae-{prior_id}.pt                VAE label prior
+    {dataset}/models/{variant}/fold{k}/{head label}-{head_id}/epoch{e}.pt, final.pt
+    {dataset}/eval/{eval_dataset}/{variant}/fold{k}/{head folder}.parquet   cached predictions
+    reports/{table}/dataset={d}/run={run}/part-0.parquet      hive-partitioned, append-only
+    reports/rendered/{dataset}/...                            Markdown, HTML and PNG renderings
+    .cache/filehash.sqlite                                    content hashes of input files
+
+Locks: a stage holds an exclusive lock on its own artifacts and shared locks on those it reads,
+so a writer and its readers exclude each other (a second writer, or a reader of something being
+written, is refused with a message, never queued). flock is released by the kernel when a
+process dies, so a killed run never leaves a stale lock.
 """
 from __future__ import annotations
 
@@ -17,19 +24,22 @@ import datetime as dt
 import fcntl
 import os
 import re
-from contextlib import contextmanager
+import shutil
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from store.provenance import fingerprint
-
-
-class StoreLocked(RuntimeError):
-    pass
-
+from pipeline.config import RunConfig, Variant
+from pipeline.errors import StoreLocked
+from pipeline.hashing import use_cache_file
+from store import identity as ident
+from store.provenance import BUILD_MARK, TMP_SUFFIX
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+PARTIAL_SUFFIX = ".partial"  # zarr's own temporary chunk files
+STAGE_DIRS = {"manifest": "manifest", "faces": "faces", "features": "features", "prior": "prior",
+              "train": "models", "evaluate": "eval"}
 
 
 def _safe(part: str) -> str:
@@ -48,51 +58,54 @@ class Catalog:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).resolve())
+        use_cache_file(self.root / ".cache" / "filehash.sqlite")
+
+    def rel(self, path: Path) -> str:
+        """A store-relative name (what provenance records hold)."""
+        return ident.relative(path, self.root)
 
     def dataset_dir(self, dataset: str) -> Path:
         return self.root / _safe(dataset)
 
-    # -- stage 0: manifest ------------------------------------------------------------------
+    # -- manifest -----------------------------------------------------------------------------
     def manifest(self, dataset: str) -> Path:
         return self.dataset_dir(dataset) / "manifest" / "manifest.parquet"
 
     def manifest_report(self, dataset: str) -> Path:
         return self.dataset_dir(dataset) / "manifest" / "manifest.report.json"
 
-    # -- stage 1: faces -------------------------------------------------------------------------
-    def crops(self, dataset: str, faces_params: dict) -> Path:
-        detector = _safe(faces_params.get("detector", "faces"))
-        return self.dataset_dir(dataset) / "faces" / f"{detector}-{fingerprint(faces_params)[:10]}" / "crops.zarr"
+    # -- faces and features (per dataset; `dataset` defaults to the config's) ------------------
+    def crops(self, cfg: RunConfig, dataset: str | None = None) -> Path:
+        name = f"{_safe(cfg.faces.detector.value)}-{ident.faces_id(cfg)[:ident.ID_CHARS]}"
+        return self.dataset_dir(dataset or cfg.dataset.name) / "faces" / name / "crops.zarr"
 
-    # -- stage 2: features ----------------------------------------------------------------------
-    def features(self, dataset: str, backbone: str, weights_id: str) -> Path:
-        return self.dataset_dir(dataset) / "features" / f"{_safe(backbone)}-{_safe(weights_id)}" / "features.zarr"
+    def features(self, cfg: RunConfig, dataset: str | None = None) -> Path:
+        name = (f"{_safe(cfg.features.backbone.value)}-{_safe(ident.weights_path_name(cfg))}-"
+                f"{ident.features_id(cfg)[:ident.ID_CHARS]}")
+        return self.dataset_dir(dataset or cfg.dataset.name) / "features" / name / "features.zarr"
 
-    def latest_features(self, dataset: str, backbone: str) -> Path:
-        """The newest features.zarr of (dataset, backbone), whatever its weights; later stages
-        read the store the features stage wrote last."""
-        base = self.dataset_dir(dataset) / "features"
-        found = sorted(base.glob(f"{_safe(backbone)}-*/features.zarr"),
-                       key=lambda p: (p / "zarr.json").stat().st_mtime if (p / "zarr.json").exists() else 0)
-        if not found:
-            raise FileNotFoundError(f"no {backbone} feature store for dataset '{dataset}' under "
-                                    f"{base}; run `aunet features` on it first")
-        return found[-1]
+    # -- label prior and heads ------------------------------------------------------------------
+    def prior(self, cfg: RunConfig, fold: int) -> Path:
+        return (self.dataset_dir(cfg.dataset.name) / "prior" / f"fold{fold}"
+                / f"vae-{ident.prior_id(cfg)[:ident.ID_CHARS]}.pt")
 
-    # -- stage 3: label prior -------------------------------------------------------------------
-    def prior(self, dataset: str, fold: int, prior_params: dict) -> Path:
-        return self.dataset_dir(dataset) / "prior" / f"fold{fold}" / f"vae-{fingerprint(prior_params)[:10]}.pt"
+    def head_dir(self, cfg: RunConfig, variant: Variant, fold: int) -> Path:
+        v = Variant(variant).value
+        return (self.dataset_dir(cfg.dataset.name) / "models" / v / f"fold{fold}"
+                / _safe(ident.head_label(cfg, variant)))
 
-    # -- stage 4: heads -------------------------------------------------------------------------
-    def head_dir(self, dataset: str, variant: str, fold: int, head_name: str) -> Path:
-        return self.dataset_dir(dataset) / "models" / _safe(variant) / f"fold{fold}" / _safe(head_name)
-
-    def head_checkpoint(self, dataset: str, variant: str, fold: int, head_name: str,
+    def head_checkpoint(self, cfg: RunConfig, variant: Variant, fold: int,
                         epoch: int | None = None) -> Path:
-        d = self.head_dir(dataset, variant, fold, head_name)
+        d = self.head_dir(cfg, variant, fold)
         return d / ("final.pt" if epoch is None else f"epoch{epoch:03d}.pt")
 
-    # -- stage 5: reports -----------------------------------------------------------------------
+    def predictions(self, cfg: RunConfig, eval_dataset: str, variant: Variant, fold: int) -> Path:
+        """The evaluate stage's cached predictions of one head on one dataset's test fold."""
+        head = self.head_dir(cfg, variant, fold).name
+        return (self.dataset_dir(cfg.dataset.name) / "eval" / _safe(eval_dataset)
+                / Variant(variant).value / f"fold{fold}" / f"{head}.parquet")
+
+    # -- reports ----------------------------------------------------------------------------------
     @property
     def reports(self) -> Path:
         return self.root / "reports"
@@ -106,33 +119,85 @@ class Catalog:
     def rendered(self, dataset: str) -> Path:
         return self.reports / "rendered" / _safe(dataset)
 
-    # -- concurrency ----------------------------------------------------------------------------
-    @contextmanager
-    def lock(self, dataset: str, stage: str) -> Iterator[None]:
-        """Hold an exclusive lock on (dataset, stage); a second writer is refused, not queued.
+    # -- locks ----------------------------------------------------------------------------------
+    def _lock_file(self, dataset: str, stage: str) -> Path:
+        return self.dataset_dir(dataset) / ".locks" / f"{_safe(stage)}.lock"
 
-        flock is released by the kernel when the process dies, so a killed run never leaves a
-        stale lock behind.
-        """
-        path = self.dataset_dir(dataset) / f".{_safe(stage)}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a+")
+    def _open_lock(self, path: Path):
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return open(path, "a+")
+        except OSError:
+            # a read-only store: locking still works on a file opened for reading; with no lock
+            # file at all, nobody can be writing here either
+            try:
+                return open(path, "r")
+            except OSError:
+                return None
+
+    @contextmanager
+    def lock(self, dataset: str, stage: str,
+             reads: Iterable[tuple[str, str]] = ()) -> Iterator[None]:
+        """Exclusive lock on (dataset, stage) and shared locks on the (dataset, stage) pairs it
+        reads. Refused at once (StoreLocked) when another run holds a conflicting lock."""
+        with ExitStack() as stack:
+            for ds, st in sorted(set(reads) - {(dataset, stage)}):
+                stack.enter_context(self._flock(ds, st, shared=True, by=(dataset, stage)))
+            stack.enter_context(self._flock(dataset, stage, shared=False, by=(dataset, stage)))
+            yield
+
+    @contextmanager
+    def _flock(self, dataset: str, stage: str, shared: bool, by: tuple[str, str]) -> Iterator[None]:
+        fh = self._open_lock(self._lock_file(dataset, stage))
+        if fh is None:
+            yield
+            return
+        try:
+            fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "unknown"
+            holder = fh.read().strip()
             fh.close()
-            raise StoreLocked(
-                f"another run is writing stage '{stage}' of dataset '{dataset}' in {self.root} "
-                f"(holder: {holder}); wait for it to finish, or point this run at another store"
-            ) from None
+            what = (f"stage '{by[1]}' of dataset '{by[0]}' reads stage '{stage}' of dataset "
+                    f"'{dataset}', which another run is writing" if shared else
+                    f"another run is writing or reading stage '{stage}' of dataset '{dataset}'")
+            raise StoreLocked(f"{what} in {self.root}{f' ({holder})' if holder else ''}; wait for "
+                              "it to finish, or point this run at another store") from None
         try:
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"pid {os.getpid()} since {dt.datetime.now().isoformat(timespec='seconds')}")
-            fh.flush()
+            if not shared and fh.writable():
+                fh.seek(0)
+                fh.truncate()
+                fh.write(f"writer pid {os.getpid()} since "
+                         f"{dt.datetime.now().isoformat(timespec='seconds')}")
+                fh.flush()
             yield
         finally:
+            if not shared and fh.writable():
+                fh.truncate(0)
             fcntl.flock(fh, fcntl.LOCK_UN)
             fh.close()
+
+    # -- debris of killed runs ----------------------------------------------------------------------
+    def clean(self, dataset: str, stage: str) -> list[str]:
+        """Remove what a killed run of (dataset, stage) left: temporary files and folders of
+        atomic writes, zarr's partial chunk files. Call only under that stage's exclusive lock.
+        Returns the store-relative names removed."""
+        sub = STAGE_DIRS.get(stage)
+        base = self.dataset_dir(dataset) / sub if sub else self.rendered(dataset)
+        return self.remove_debris(base)
+
+    def remove_debris(self, base: Path) -> list[str]:
+        removed = []
+        if not base.exists():
+            return removed
+        for p in sorted(base.rglob("*"), reverse=True):  # deepest first
+            name = p.name
+            if BUILD_MARK in name and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.is_file() and (name.endswith(TMP_SUFFIX) and name.startswith(".")
+                                  or name.endswith(PARTIAL_SUFFIX)):
+                p.unlink(missing_ok=True)
+            else:
+                continue
+            removed.append(self.rel(p))
+        return removed

@@ -1,25 +1,50 @@
 """The crop store: aligned faces and their per-frame records in one Zarr v3 group.
 
 Arrays are indexed by manifest `row` and chunked by blocks of `chunk_frames` rows along the first
-axis, so one unit of work (one block) writes its own chunk files and no other unit's. Per block,
-`chunk_key` (the block's input fingerprint as uint64) and `chunk_done` are written *after* the
-block's data; a killed run therefore leaves at worst a block whose flag is unset, which is
-recomputed. `chunk_key` and `chunk_done` are chunked one block per file for the same reason
-(concurrent units never rewrite a shared file). The group attributes hold `template`, `reasons`,
-and, written once at the end of a run, `provenance` and `chunk_keys` (hex copies).
+axis, so one unit of work (one block) writes its own chunk files and no other unit's. A block is
+written in this order: `chunk_done` cleared, the data and per-row `digest`, `chunk_key`, then
+`chunk_done` set; a killed run leaves at worst a block whose flag is unset, which is recomputed.
+`chunk_key` and `chunk_done` are chunked one block per file (concurrent units never rewrite a
+shared file). The store is created whole under a temporary name and renamed into place.
+
+Keys:
+- `chunk_key[b]`: the input key of block b (its manifest rows with paths relative to the dataset
+  root, the media files' content hashes, the faces identity, the per-frame code): `block_keys`.
+- `digest[r]`: a hash of row r's output (success flag and crop pixels): what the features of
+  that row are computed from, so features depend on crops' content, not on how they were made.
+- attrs `provenance.key`: fingerprint of all block keys, written by `finalize` only when every
+  block is done; a consumer checks it against the keys the config gives (`verify`).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
 import zarr
+
+from pipeline.config import Layout, RunConfig
+from pipeline.errors import MissingArtifact, StaleArtifact
+from pipeline.hashing import hash_files
+from store import manifests
+from store.catalog import Catalog
+from store.codekey import code_key
+from store.identity import faces_identity, relative
+from store.provenance import atomic_dir, fingerprint
 
 N_KP = 5
 KEY_NONE = 0  # chunk_key of a block never written
+CODE_ENTRY = "stages.faces_frames"  # the per-frame work: its code key is part of every block key
+ROW_COLUMNS = ["row", "video_id", "frame", "image_path", "video_path", "video_frame",
+               "box_x0", "box_y0", "box_x1", "box_y1", "landmarks"]
+# Layouts whose image folders hold the frames of one video: the face is tracked through them.
+SEQUENCE_LAYOUTS = {Layout.BP4D, Layout.DISFA, Layout.AFFWILD2, Layout.DEMO}
+REQUIRED = ("crops", "success", "reason", "boxes", "keypoints", "scores", "n_faces", "digest",
+            "chunk_done", "chunk_key")
 
 
 def _specs(size: int) -> dict[str, tuple[str, tuple[int, ...], object]]:
@@ -32,6 +57,7 @@ def _specs(size: int) -> dict[str, tuple[str, tuple[int, ...], object]]:
         "keypoints": ("float32", (N_KP, 2), np.nan),
         "scores": ("float32", (), np.nan),
         "n_faces": ("int16", (), 0),
+        "digest": ("uint64", (), 0),
     }
 
 
@@ -44,33 +70,89 @@ def key_to_int(key: str) -> int:
     return int(key, 16)
 
 
-def prepare(path: Path, *, n_frames: int, chunk_frames: int, size: int, attrs: dict) -> zarr.Group:
-    """Create the group, or open it and resize its arrays to `n_frames` rows (blocks already
-    written keep their data and keys; resume decides per block whether they still hold)."""
+def row_digests(success: np.ndarray, crops: np.ndarray) -> np.ndarray:
+    """(n,) uint64: a hash of each row's success flag and crop pixels."""
+    out = np.empty(len(success), np.uint64)
+    for i, (ok, crop) in enumerate(zip(success, crops)):
+        h = hashlib.sha256(b"1" if ok else b"0")
+        h.update(np.ascontiguousarray(crop).tobytes())
+        out[i] = np.frombuffer(h.digest()[:8], np.uint64)[0]
+    return out
+
+
+# -- block keys: what the config and the data ask for -------------------------------------------
+def sequence_images(cfg: RunConfig) -> bool:
+    """Whether consecutive images of one video_id are frames of one video (tracking applies)."""
+    return cfg.dataset.layout in SEQUENCE_LAYOUTS
+
+
+def block_keys(cfg: RunConfig, rows: pa.Table, code: str) -> list[str]:
+    """The input key of every block of the manifest `rows` (ROW_COLUMNS), in block order.
+
+    Paths enter relative to the dataset root and every media file by its content hash, so a
+    moved dataset or a `touch` keeps every key, and one replaced image changes one block's.
+    """
+    root = cfg.dataset.root
+    paths = {p for col in ("image_path", "video_path") for p in rows.column(col).drop_null().to_pylist()}
+    media = hash_files(sorted(paths), missing_ok=True)  # None: missing, the frame will fail
+    common = {"faces": faces_identity(cfg), "code": code, "sequence": sequence_images(cfg)}
+    keys = []
+    records = rows.to_pylist()
+    step = cfg.faces.chunk_frames
+    for start in range(0, len(records), step):
+        block = []
+        for r in records[start:start + step]:
+            r = dict(r)
+            for col in ("image_path", "video_path"):
+                if r[col]:
+                    r[col + "_sha256"] = media[r[col]]
+                    r[col] = relative(r[col], root)
+            block.append(r)
+        keys.append(fingerprint({"rows": block, **common}))
+    return keys
+
+
+def expected_keys(cfg: RunConfig, catalog: Catalog) -> list[str]:
+    """The block keys this config and the data as they are now give (read-only; the manifest
+    must be current)."""
+    manifests.checked(cfg, catalog)
+    rows = manifests.rows(catalog, cfg.dataset.name, ROW_COLUMNS)
+    return block_keys(cfg, rows, code_key(CODE_ENTRY))
+
+
+# -- writing ------------------------------------------------------------------------------------
+def is_complete_layout(path: Path) -> bool:
+    try:
+        g = zarr.open_group(Path(path), mode="r")
+        return all(name in g for name in REQUIRED)
+    except (FileNotFoundError, ValueError, KeyError, OSError):
+        return False
+
+
+def prepare(path: Path, *, n_frames: int, chunk_frames: int, size: int, attrs: dict) -> None:
+    """Create the store whole (built aside, renamed in), or resize an existing one to `n_frames`
+    rows (written blocks keep their data and keys; plan decides which still hold). A half-made
+    store (a kill while an older version created it) is rebuilt."""
     path = Path(path)
     n_blk = n_chunks(n_frames, chunk_frames)
-    if (path / "zarr.json").exists():
+    if path.exists() and is_complete_layout(path):
         g = zarr.open_group(path, mode="r+")
-        have = g["crops"]
-        if have.chunks[0] != chunk_frames or have.shape[1:] != (size, size, 3):
-            raise ValueError(f"{path}: crop store made with chunk_frames={have.chunks[0]}, "
-                             f"size={have.shape[1]}; delete it or use a new store")
-        if have.shape[0] != n_frames:
+        if g["crops"].shape[0] != n_frames:
             for name, (_, shape, _) in _specs(size).items():
                 g[name].resize((n_frames, *shape))
             g["chunk_done"].resize((n_blk,))
             g["chunk_key"].resize((n_blk,))
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        g = zarr.open_group(path, mode="w")
+        if any(g.attrs.get(k) != v for k, v in attrs.items()):  # a skipped rerun writes nothing
+            g.attrs.update(attrs)
+        return
+    with atomic_dir(path) as tmp:
+        g = zarr.open_group(tmp, mode="w", zarr_format=3)
         for name, (dtype, shape, fill) in _specs(size).items():
             g.create_array(name, shape=(n_frames, *shape), chunks=(chunk_frames, *shape),
                            dtype=dtype, fill_value=fill)
         g.create_array("chunk_done", shape=(n_blk,), chunks=(1,), dtype="bool", fill_value=False)
         g.create_array("chunk_key", shape=(n_blk,), chunks=(1,), dtype="uint64", fill_value=KEY_NONE)
-    if any(g.attrs.get(k) != v for k, v in attrs.items()):  # a skipped rerun writes nothing
         g.attrs.update(attrs)
-    return g
 
 
 def chunk_state(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -80,36 +162,52 @@ def chunk_state(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_chunk(path: Path, chunk: int, start: int, data: dict[str, np.ndarray], key: str) -> None:
-    """Write one block's arrays, then its key, then its done flag (in that order)."""
+    """Write one block's arrays and digests, then its key, then its done flag (in that order)."""
     g = zarr.open_group(Path(path), mode="r+")
     g["chunk_done"][chunk] = False  # a rewrite in progress is not done
     n = len(data["success"])
+    data = dict(data, digest=row_digests(data["success"], data["crops"]))
     for name in _specs(g["crops"].shape[1]):
         g[name][start:start + n] = data[name]
     g["chunk_key"][chunk] = np.uint64(key_to_int(key))
     g["chunk_done"][chunk] = True
 
 
-def finalize(path: Path, provenance: dict) -> None:
-    """Record provenance and the hex chunk keys in the group attributes (one writer, at the end)."""
+def chunk_rows_done(done: np.ndarray, chunk_frames: int, n_frames: int) -> np.ndarray:
+    """(n_frames,) bool: rows whose block is done (the others were never written)."""
+    return np.repeat(np.asarray(done, bool), chunk_frames)[:n_frames]
+
+
+def store_key(keys: Sequence[str]) -> str:
+    return fingerprint(list(keys))
+
+
+def finalize(path: Path, provenance: dict | None) -> None:
+    """Record provenance (None: the store is not complete) in the group attributes."""
     g = zarr.open_group(Path(path), mode="r+")
-    keys = [f"{int(k):016x}" if d else None for d, k in zip(*chunk_state(path))]
-    old_key = (g.attrs.get("provenance") or {}).get("key")
-    # a skipped rerun (same key, same chunks) writes nothing, not even a new timestamp
-    if old_key != provenance.get("key") or g.attrs.get("chunk_keys") != keys:
-        g.attrs.update({"provenance": provenance, "chunk_keys": keys})
+    old = g.attrs.get("provenance")
+    if (old or {}).get("key") != (provenance or {}).get("key") or (old is None) != (provenance is None):
+        g.attrs["provenance"] = provenance  # a skipped rerun (same key) writes nothing
 
 
-def crop_store_key(path: Path) -> str:
-    """The store's provenance key: the input fingerprint a later stage (features) records.
-
-    "missing" for a store that does not exist or was never finished by a run.
-    """
+def verify(path: Path, keys: Sequence[str]) -> dict:
+    """The provenance of a complete crop store made from exactly `keys`; MissingArtifact or
+    StaleArtifact (saying what to run) otherwise."""
     path = Path(path)
-    if not (path / "zarr.json").exists():
-        return "missing"
-    rec = zarr.open_group(path, mode="r").attrs.get("provenance")
-    return rec["key"] if rec else "missing"
+    if not path.exists():
+        raise MissingArtifact(f"no crop store at {path}; run `aunet faces` first")
+    if not is_complete_layout(path):
+        raise StaleArtifact(f"{path} is not a complete crop store; run `aunet faces` to rebuild it")
+    g = zarr.open_group(path, mode="r")
+    rec = g.attrs.get("provenance") or {}
+    done, stored = chunk_state(path)
+    if not done.all() or rec.get("key") != store_key(keys) or \
+            [f"{int(k):016x}" for k in stored] != list(keys):
+        todo = int((~done).sum())
+        raise StaleArtifact(f"crop store {path} is unfinished ({todo} blocks not done) or was made "
+                            "from other frames, media or settings than this config's; run "
+                            "`aunet faces` first")
+    return rec
 
 
 @dataclass
@@ -123,7 +221,7 @@ class CropStore:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         if not (self.path / "zarr.json").exists():
-            raise FileNotFoundError(f"no crop store at {self.path}; run `aunet faces` first")
+            raise MissingArtifact(f"no crop store at {self.path}; run `aunet faces` first")
         self.group = zarr.open_group(self.path, mode="r")
 
     @property
@@ -134,40 +232,22 @@ class CropStore:
     def size(self) -> int:
         return int(self.group["crops"].shape[1])
 
-    def _all(self, name: str) -> np.ndarray:
+    def array(self, name: str) -> np.ndarray:
+        """A whole per-frame array (success, reason, boxes, keypoints, scores, n_faces, digest)."""
         return self.group[name][:]
 
-    @cached_property
-    def success(self) -> np.ndarray:  # (N,) bool
-        return self._all("success")
-
-    @cached_property
-    def reason(self) -> np.ndarray:  # (N,) uint8
-        return self._all("reason")
-
-    @cached_property
-    def boxes(self) -> np.ndarray:  # (N, 4) float32
-        return self._all("boxes")
-
-    @cached_property
-    def keypoints(self) -> np.ndarray:  # (N, 5, 2) float32
-        return self._all("keypoints")
-
-    @cached_property
-    def scores(self) -> np.ndarray:  # (N,) float32
-        return self._all("scores")
-
-    @cached_property
-    def n_faces(self) -> np.ndarray:  # (N,) int16
-        return self._all("n_faces")
+    # per-frame records, read once: success (N,) bool, reason (N,) uint8, boxes (N, 4) float32,
+    # keypoints (N, 5, 2) float32, scores (N,) float32, n_faces (N,) int16
+    success = cached_property(lambda self: self.array("success"))
+    reason = cached_property(lambda self: self.array("reason"))
+    boxes = cached_property(lambda self: self.array("boxes"))
+    keypoints = cached_property(lambda self: self.array("keypoints"))
+    scores = cached_property(lambda self: self.array("scores"))
+    n_faces = cached_property(lambda self: self.array("n_faces"))
 
     @property
     def chunk_done(self) -> np.ndarray:
-        return self._all("chunk_done")
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.chunk_done.all())
+        return self.array("chunk_done")
 
     @property
     def reasons(self) -> dict[int, str]:
@@ -190,9 +270,3 @@ class CropStore:
             raise IndexError(f"{self.path}: rows outside 0..{self.n_frames - 1}")
         uniq, inv = np.unique(rows, return_inverse=True)
         return self.group["crops"].oindex[uniq][inv]
-
-    def dask(self):
-        """The crops as a lazy dask array (N, size, size, 3), one dask chunk per Zarr chunk."""
-        import dask.array as da
-
-        return da.from_zarr(self.group["crops"])

@@ -5,8 +5,14 @@ Layout (docs/architecture.md "Feature store"; numbers behind the choices in docs
     features    float16 (N, C, H, W)   one frame per inner chunk, `frames_per_shard` per shard file
     valid       bool (N,)              features computed (a face was found)
     shard_done  bool (n_shards,)       completion record, set only after the shard's data is written
-    shard_key   uint8 (n_shards, 64)   ASCII fingerprint of the inputs each done shard was made from
-    attrs       provenance (dict), random_weights (bool), frames_per_shard, shard_keys (summary)
+    shard_key   uint8 (n_shards, 64)   ASCII key of the inputs each done shard was made from
+    attrs       provenance (dict; its `key` is set only once every shard is done with the keys the
+                config gives), random_weights (bool), frames_per_shard, codec
+
+A shard's key covers exactly what it is computed from: the content digests of its rows' crops
+(`store.crops`), the features identity (backbone, weights, dtype, storage) and the code of the
+per-frame computation, so labels never reach features, and one changed image redoes the one
+shard that holds it. The store is created whole under a temporary name and renamed into place.
 
 One frame per inner chunk makes a random frame cost one ~2.6 MB decode instead of a whole
 multi-frame block; sharding keeps the number of files at N / frames_per_shard. `valid`,
@@ -25,9 +31,19 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
+from pipeline.config import RunConfig
+from pipeline.errors import MissingArtifact, StaleArtifact
+from store import crops as crop_store
+from store.catalog import Catalog
+from store.codekey import code_key
+from store.identity import features_identity
+from store.provenance import atomic_dir, fingerprint
+
 FEATURE_CHANNELS = 768  # F_l (256) + H1*A (256) + H2*A (256)
 FEATURE_SIZE = 64  # 256x256 crop -> 64x64 feature map
 KEY_BYTES = 64  # room for a fingerprint / sha256 hex digest per shard
+REQUIRED = ("features", "valid", "shard_done", "shard_key")
+CODE_ENTRY = "stages.features_compute"  # the per-frame computation: part of every shard key
 CODECS = ("blosc-lz4", "blosc-zstd", "zstd", "none")
 BLOSC_LEVEL = 5
 ZSTD_LEVEL = 3
@@ -86,6 +102,13 @@ def create_feature_store(path: str | Path, n_frames: int, *, channels: int = FEA
     fps = int(frames_per_shard)
     n_shards = n_shards_for(n_frames, fps)
     compressors = _compressors(codec)
+    with atomic_dir(Path(path)) as tmp:
+        _build(tmp, n_frames, channels, size, dtype, fps, n_shards, compressors, codec, attrs)
+    return zarr.open_group(str(path), mode="r+")
+
+
+def _build(path: Path, n_frames: int, channels: int, size: int, dtype: str, fps: int,
+           n_shards: int, compressors, codec: str, attrs: dict) -> None:
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     # the outer shard must divide evenly into inner chunks; the array's last shard may be partial
     group.create_array("features", shape=(n_frames, channels, size, size), dtype=dtype,
@@ -99,9 +122,16 @@ def create_feature_store(path: str | Path, n_frames: int, *, channels: int = FEA
     meta = dict(attrs)
     meta.setdefault("provenance", {})
     meta.setdefault("random_weights", bool(meta["provenance"].get("random_weights", False)))
-    meta.update(frames_per_shard=fps, codec=codec, shard_keys={})
+    meta.update(frames_per_shard=fps, codec=codec)
     group.attrs.update(meta)
-    return group
+
+
+def is_complete_layout(path: str | Path) -> bool:
+    try:
+        g = zarr.open_group(str(path), mode="r")
+        return all(name in g for name in REQUIRED)
+    except (FileNotFoundError, ValueError, KeyError, OSError):
+        return False
 
 
 def write_shard(group: zarr.Group, shard_index: int, features: np.ndarray,
@@ -123,6 +153,7 @@ def write_shard(group: zarr.Group, shard_index: int, features: np.ndarray,
     # frame uncompressed, 32 -> 12 ms with blosc-lz4; docs/features.md). An all-zero frame (no
     # face) then costs one tiny compressed chunk, and `valid`, not chunk presence, marks it.
     arr = arr.with_config({"write_empty_chunks": True})
+    group["shard_done"][shard_index] = False  # a rewrite in progress is not done
     arr[start:stop] = np.asarray(features, dtype=arr.dtype)
     group["valid"][start:stop] = np.asarray(valid, dtype=bool)
 
@@ -145,11 +176,61 @@ def done_shards(group: zarr.Group) -> dict[int, str]:
     return {int(i): bytes(keys[i]).rstrip(b"\0").decode("ascii") for i in np.flatnonzero(done)}
 
 
-def summarise_shard_keys(group: zarr.Group) -> None:
-    """Copy the per-shard keys into the group attribute `shard_keys` (one writer, at the end)."""
-    keys = {str(i): k for i, k in done_shards(group).items()}
-    if group.attrs.get("shard_keys") != keys:  # a skipped rerun writes nothing
-        group.attrs["shard_keys"] = keys
+def shard_keys(digests: np.ndarray, frames_per_shard: int, common: dict) -> list[str]:
+    """The key of every shard: its rows' crop digests (uint64 (N,)) and the common identity."""
+    n = len(digests)
+    base = fingerprint(common)
+    return [fingerprint([base, np.asarray(digests[a:b], np.uint64).tobytes().hex()])
+            for a, b in (shard_range(s, n, frames_per_shard)
+                         for s in range(n_shards_for(n, frames_per_shard)))]
+
+
+def expected_keys(cfg: RunConfig, catalog: Catalog, dataset: str | None = None) -> list[str]:
+    """The shard keys this config gives for `dataset` (default: the config's), from its crop
+    store's row digests (read-only)."""
+    crops_path = catalog.crops(cfg, dataset)
+    if not crop_store.is_complete_layout(crops_path) or \
+            not crop_store.CropStore(crops_path).chunk_done.all():
+        raise StaleArtifact(f"crop store {crops_path} is missing or unfinished; run `aunet faces` "
+                            "first")
+    digests = crop_store.CropStore(crops_path).array("digest")
+    common = {"identity": features_identity(cfg), "code": code_key(CODE_ENTRY)}
+    return shard_keys(digests, cfg.features.frames_per_shard, common)
+
+
+def checked(cfg: RunConfig, catalog: Catalog, dataset: str | None = None) -> "FeatureStore":
+    """The feature store this config asks for, verified complete and current (else raises)."""
+    path = catalog.features(cfg, dataset)
+    verify(path, expected_keys(cfg, catalog, dataset))
+    return FeatureStore(path)
+
+
+def store_key(keys: list[str]) -> str:
+    return fingerprint(list(keys))
+
+
+def complete_with(group: zarr.Group, keys: list[str]) -> bool:
+    """Every shard done with exactly these keys."""
+    done = done_shards(group)
+    return len(done) == len(keys) and all(done.get(i) == k for i, k in enumerate(keys))
+
+
+def verify(path: str | Path, keys: list[str]) -> dict:
+    """The provenance of a complete feature store made from exactly `keys` (one per shard);
+    MissingArtifact or StaleArtifact (saying what to run) otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingArtifact(f"no feature store at {path}; run `aunet features` first")
+    if not is_complete_layout(path):
+        raise StaleArtifact(f"{path} is not a complete feature store; run `aunet features`")
+    g = zarr.open_group(str(path), mode="r")
+    rec = dict(g.attrs.get("provenance") or {})
+    if rec.get("key") != store_key(keys) or not complete_with(g, keys):
+        n_done = len(done_shards(g))
+        raise StaleArtifact(f"feature store {path} is incomplete ({n_done} of {len(keys)} shards "
+                            "done) or was computed from other crops, weights or code than this "
+                            "config's; run `aunet features` first")
+    return rec
 
 
 class FeatureStore:
@@ -158,7 +239,7 @@ class FeatureStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not (self.path / "zarr.json").exists():
-            raise FileNotFoundError(f"no feature store at {self.path} (run the features stage)")
+            raise MissingArtifact(f"no feature store at {self.path}; run `aunet features` first")
         self._open()
 
     def _open(self) -> None:

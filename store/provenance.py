@@ -1,16 +1,27 @@
-"""Atomic writes and provenance records.
+"""Atomic writes with the user's umask, and provenance records.
 
-Every artifact is written to a temporary name in its own folder and renamed into place, so a
-killed run leaves either the old artifact or the new one, never half of one. Beside it goes a
-`<name>.provenance.json` saying how it was made: stage, config, code version, input fingerprints.
+Every artifact is written under a temporary name in its own folder and renamed into place, so a
+killed run leaves either the old artifact or the new one, never half of one (the next run of the
+stage removes the temporary files a killed one left: `store.catalog.Catalog.clean`). Beside a
+file artifact goes `<name>.provenance.json`; a Zarr store keeps the same record in its
+attributes. A record says how the artifact was made:
+
+    stage       the stage that wrote it
+    artifact    its store-relative name (a store can move; identity never holds the store root)
+    identity    what the config asked for (parameters, upstream identities): also its path's id
+    inputs      content keys of what it was computed from (upstream artifact keys, file hashes)
+    code        store.codekey.code_key of the stage (its modules and all they import)
+    key         fingerprint(identity, inputs, code): equal keys mean an identical artifact
+    sha256      for file artifacts: the file's content hash, checked whenever the file is trusted
+    versions    torch, zarr, numpy ... (informational), created_utc, host
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib
 import json
 import os
+import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -20,21 +31,45 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.hashing import file_sha256  # noqa: F401  (re-exported for stages)
+from pipeline.errors import StoreWriteError
+from pipeline.hashing import file_sha256
 
 RANDOM_WEIGHTS_BANNER = (
     "!!! UNTRAINED BACKBONE: features come from randomly initialised FAN weights (explicit "
     "opt-in). Numbers show the mechanics only, not AU detection accuracy. !!!"
 )
+TMP_SUFFIX = ".tmp"  # temporary files: `.{name}.{random}{suffix}.tmp` beside the target
+BUILD_MARK = ".building-"  # temporary folders: `.{name}.building-{random}` beside the target
+KEY_LENGTH = 16
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _writable_mode(mask: int | None = None) -> int:
+    """The mode a plain open() would give a new file: 0666 minus the umask."""
+    return 0o666 & ~(_umask() if mask is None else mask)
 
 
 @contextmanager
 def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path next to `final`; rename it onto `final` only on success."""
+    """Yield a temporary path next to `final`; rename it onto `final` only on success.
+
+    The file gets the mode the user's umask gives new files (mkstemp alone would make it 0600,
+    unreadable to colleagues sharing a store).
+    """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent)
-    os.close(fd)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + TMP_SUFFIX,
+                                   dir=final.parent)
+        os.fchmod(fd, _writable_mode())
+        os.close(fd)
+    except OSError as e:
+        raise StoreWriteError(f"cannot write {final}: {e.strerror or e}") from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -42,6 +77,27 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Build a folder (a Zarr store) under a temporary name beside `final`, then rename it in.
+
+    A kill while building leaves only the temporary folder (removed by the next run), never a
+    half-made store at `final`. An existing `final` is replaced.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{BUILD_MARK}", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -54,26 +110,26 @@ def write_table(path: Path, table: pa.Table) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
-def code_version(*modules: str) -> str:
-    """Package version plus a hash of the named modules' source: changes when their code does."""
+def fingerprint(obj: Any) -> str:
+    """Short stable hash of a JSON-able object (parameters, input keys)."""
+    blob = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def artifact_key(identity: Any, inputs: Any, code: str) -> str:
+    return fingerprint({"identity": identity, "inputs": inputs, "code": code})
+
+
+def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        pkg = version("aunet-pipeline")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        pkg = "0+unknown"
-    h = hashlib.sha256()
-    for name in sorted(modules):
-        mod = importlib.import_module(name)
-        h.update(name.encode())
-        h.update(Path(mod.__file__).read_bytes())
-    return f"{pkg}+{h.hexdigest()[:12]}"
-
-
-def fingerprint(obj: Any) -> str:
-    """Short stable hash of a JSON-able object (parameters, input fingerprints)."""
-    blob = json.dumps(obj, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    out = {}
+    for pkg in ("aunet-pipeline", "torch", "face-alignment", "zarr", "numpy", "pyarrow"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:  # pragma: no cover - running from a bare source tree
+            out[pkg] = "unknown"
+    return out
 
 
 def provenance_path(artifact: Path) -> Path:
@@ -81,31 +137,39 @@ def provenance_path(artifact: Path) -> Path:
     return artifact.with_name(artifact.name + ".provenance.json")
 
 
-def write_provenance(artifact: Path, *, stage: str, config: dict, code: str,
-                     inputs: dict[str, str], extra: dict | None = None) -> dict:
-    record = {
-        "stage": stage,
-        "artifact": str(artifact),
-        "config": config,
-        "code_version": code,
-        "inputs": inputs,
-        "key": fingerprint({"config": config, "code": code, "inputs": inputs}),
-        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        **(extra or {}),
-    }
-    write_json(provenance_path(artifact), record)
-    return record
+def record(*, stage: str, name: str, identity: Any, inputs: Any, code: str,
+           extra: dict | None = None) -> dict:
+    """A provenance record (see the module docstring); `name` is store-relative."""
+    return {"stage": stage, "artifact": name, "identity": identity, "inputs": inputs,
+            "code": code, "key": artifact_key(identity, inputs, code),
+            "versions": library_versions(),
+            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "host": socket.gethostname(), **(extra or {})}
+
+
+def write_provenance(artifact: Path, rec: dict) -> dict:
+    """Write a file artifact's record beside it, with the file's SHA-256 (call after the file)."""
+    rec = dict(rec, sha256=file_sha256(artifact))
+    write_json(provenance_path(artifact), rec)
+    return rec
 
 
 def read_provenance(artifact: Path) -> dict | None:
     p = provenance_path(artifact)
-    return json.loads(p.read_text()) if p.exists() else None
+    try:
+        return json.loads(p.read_text()) if p.exists() else None
+    except (OSError, json.JSONDecodeError):  # a torn or foreign record is no record
+        return None
 
 
-def is_current(artifact: Path, *, config: dict, code: str, inputs: dict[str, str]) -> bool:
-    """True when the artifact exists and was made from exactly these inputs, config and code."""
+def trusted(artifact: Path, key: str) -> dict | None:
+    """The record of a file artifact that exists, was made with `key` and still holds the bytes
+    it was written with (a corrupt or replaced file is not trusted); else None."""
+    artifact = Path(artifact)
     rec = read_provenance(artifact)
-    if rec is None or not Path(artifact).exists():
-        return False
-    return rec.get("key") == fingerprint({"config": config, "code": code, "inputs": inputs})
+    if rec is None or rec.get("key") != key or not artifact.is_file():
+        return None
+    try:
+        return rec if file_sha256(artifact) == rec.get("sha256") else None
+    except OSError:
+        return None

@@ -17,17 +17,20 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipeline.errors import UserError
 from store.catalog import Catalog
-from store.provenance import code_version, write_provenance, write_table
+from store.codekey import code_key
+from store.provenance import record, write_provenance, write_table
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: runs.config_key
 PARTITION_KEYS = ("dataset", "run")
 PARTITIONING = pa.schema([("dataset", pa.string()), ("run", pa.string())])
 PART_GLOB = "dataset=*/run=*/part-*.parquet"
 
 _S, _F, _I, _B = pa.string(), pa.float64(), pa.int64(), pa.bool_()
 _FIELDS: dict[str, list[tuple[str, pa.DataType]]] = {
-    "runs": [("created_utc", _S), ("config_json", _S), ("code_version", _S), ("inputs_json", _S),
+    "runs": [("created_utc", _S), ("config_key", _S), ("config_json", _S), ("code_version", _S),
+             ("inputs_json", _S),
              ("inputs_key", _S), ("timings_json", _S), ("random_weights", _B),
              ("variants", pa.list_(_S)), ("eval_datasets", pa.list_(_S)), ("n_units", _I)],
     # + AUxx_prob float32, AUxx_pred int8, AUxx_label int8 per AU of the models' AU set
@@ -57,7 +60,7 @@ _AU_FIELD = re.compile(r"^AU\d{2}_(prob|pred|label)$")
 _AU_TYPES = {"prob": pa.float32(), "pred": pa.int8(), "label": pa.int8()}
 
 
-class TableError(ValueError):
+class TableError(UserError, ValueError):
     pass
 
 
@@ -107,10 +110,27 @@ def append(catalog: Catalog, name: str, dataset: str, run_id: str, table: pa.Tab
         raise FileExistsError(f"report partition already exists (append-only): {path}")
     table = conform(name, dataset, run_id, table)
     write_table(path, table)
-    write_provenance(path, stage=stage, config=config or {}, code=code_version("store.tables"),
-                     inputs=inputs or {}, extra={"table": name, "schema_version": SCHEMA_VERSION,
-                                                 "rows": table.num_rows})
+    write_provenance(path, record(stage=stage, name=catalog.rel(path), identity=config or {},
+                                  inputs=inputs or {}, code=code_key("store.tables"),
+                                  extra={"table": name, "schema_version": SCHEMA_VERSION,
+                                         "rows": table.num_rows}))
     return path
+
+
+def remove_incomplete_runs(catalog: Catalog, dataset: str) -> list[Path]:
+    """Delete the partitions of `dataset`'s runs that have no `runs` row: what a killed evaluate
+    left. Only safe under the dataset's evaluate lock (no run of it is being written)."""
+    import shutil
+
+    complete = set(run_ids(catalog, dataset))
+    removed = []
+    for name in TABLES:
+        base = catalog.table_dir(name) / f"dataset={dataset}"
+        for part in sorted(base.glob("run=*")) if base.exists() else []:
+            if part.name.split("=", 1)[1] not in complete:
+                shutil.rmtree(part, ignore_errors=True)
+                removed.append(part)
+    return removed
 
 
 def part_files(catalog: Catalog, name: str, dataset: str | None = None) -> list[Path]:
@@ -127,13 +147,25 @@ def read(catalog: Catalog, name: str, dataset: str | None = None) -> pa.Table:
     versions = {pq.read_schema(f).metadata.get(b"schema_version", b"?").decode() for f in files}
     if versions - {SCHEMA_VERSION}:
         raise TableError(f"table {name}: partitions with schema versions {sorted(versions)}; "
-                         f"this code reads version {SCHEMA_VERSION}")
+                         f"this code reads version {SCHEMA_VERSION}: move "
+                         f"{catalog.table_dir(name).parent} aside (or use a new store) and run "
+                         "`aunet evaluate` again")
     # predictions of different AU sets differ in columns: unify (missing ones read as null)
     unified = pa.unify_schemas([pq.read_schema(f) for f in files] + [PARTITIONING])
     dset = ds.dataset([str(f) for f in files], schema=unified, format="parquet",
                       partitioning=ds.partitioning(PARTITIONING, flavor="hive"),
                       partition_base_dir=str(catalog.table_dir(name)))
     return dset.to_table()
+
+
+def read_run(catalog: Catalog, name: str, dataset: str, run: str) -> pa.Table:
+    """One run's partition of a table (with `dataset` and `run` columns); empty if it has none."""
+    path = catalog.report_part(name, dataset, run)
+    if not path.exists():
+        return _empty(name)
+    t = pq.read_table(path)
+    return t.append_column("dataset", pa.array([dataset] * t.num_rows, pa.string())) \
+            .append_column("run", pa.array([run] * t.num_rows, pa.string()))
 
 
 def _empty(name: str) -> pa.Table:
@@ -145,18 +177,26 @@ def run_ids(catalog: Catalog, dataset: str) -> list[str]:
     return [f.parent.name.split("=", 1)[1] for f in part_files(catalog, "runs", dataset)]
 
 
-def latest_run(catalog: Catalog, dataset: str) -> str | None:
+def latest_run(catalog: Catalog, dataset: str, config_key: str | None = None) -> str | None:
+    """The newest complete run of `dataset`; with `config_key`, the newest run of exactly that
+    evaluation request (store.identity.eval_id), which is what a report of a config renders."""
     ids = run_ids(catalog, dataset)
+    if config_key is not None:
+        ids = [r for r in ids if pq.read_table(catalog.report_part("runs", dataset, r),
+                                               columns=["config_key"])["config_key"][0].as_py()
+               == config_key]
     return max(ids) if ids else None  # run ids sort by their UTC time stamp
 
 
-def latest(catalog: Catalog, name: str, dataset: str | None = None) -> pa.Table:
-    """Rows of `name` from the latest complete run of each dataset (or of `dataset`)."""
+def latest(catalog: Catalog, name: str, dataset: str | None = None,
+           config_key: str | None = None) -> pa.Table:
+    """Rows of `name` from the latest complete run of each dataset (or of `dataset`, and of
+    exactly the evaluation request `config_key` when given)."""
     datasets = [dataset] if dataset else sorted(
         {p.parent.parent.name.split("=", 1)[1] for p in part_files(catalog, "runs")})
     files = []
     for d in datasets:
-        run = latest_run(catalog, d)
+        run = latest_run(catalog, d, config_key)
         path = catalog.report_part(name, d, run) if run else None
         if path is not None and path.exists():
             files.append(path)

@@ -12,9 +12,10 @@ from pipeline.align import similarity, transform_points, warp
 from pipeline.config import FaceRule, FacesConfig, RunConfig, load_config
 from pipeline.detect import FaceStatus, keypoints_from_landmarks, make_detector
 from pipeline.video import iter_video, read_image
-from stages import faces, manifest
+from stages import faces, runner
+from store import manifests
 from store.catalog import Catalog
-from store.crops import CropStore, crop_store_key
+from store.crops import CropStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -39,8 +40,8 @@ def _cfg(tmp: Path, rows: list[dict], **faces_kw) -> RunConfig:
 
 def _run(cfg: RunConfig, **kw) -> tuple[dict, CropStore]:
     cat = Catalog(cfg.store)
-    manifest.run(cfg, cat)
-    s = faces.run(cfg, cat, progress=False, **kw)
+    runner.execute("manifest", cfg, cat, progress=False)
+    s = runner.execute("faces", cfg, cat, progress=False, **kw)
     return s, CropStore(s["path"])
 
 
@@ -155,7 +156,7 @@ def test_bad_input_is_recorded_per_frame_and_the_run_goes_on(tmp_path):
             *_video("single_face.mp4", [70, 500])]  # 500: beyond the 72-frame video
     s, st = _run(_cfg(tmp_path, rows))
     got = {r: FaceStatus(int(c)).name.lower() for r, c in enumerate(st.reason)}
-    df = manifest.load(Catalog(tmp_path / "art"), "t").to_pandas()
+    df = manifests.load(Catalog(tmp_path / "art"), "t").to_pandas()
     by_path = {(Path(p).name if isinstance(p, str) else Path(v).name + f"#{int(f)}"): got[r]
                for r, p, v, f in zip(df.row, df.image_path, df.video_path, df.video_frame.fillna(-1))}
     assert by_path == {"corrupt.jpg": "unreadable_image", "gray.png": "ok", "tiny.png": "too_small",
@@ -207,22 +208,25 @@ def test_kill_and_resume_recomputes_nothing_done_and_gives_identical_bytes(tmp_p
     full, _ = _run(full_cfg)
     cfg = _demo(tmp_path / "b")
     cat = Catalog(cfg.store)
-    manifest.run(cfg, cat)
-    units = faces.plan(cfg, cat)
-    assert len(units) == 5
+    runner.execute("manifest", cfg, cat, progress=False)
+    plan = faces.plan(cfg, cat)
+    assert len(plan.units) == 5
+    assert not Path(plan.context["path"]).exists()  # planning writes nothing
+    faces.prepare(cfg, cat, plan)
+    units = plan.units
     for u in units[:2]:  # the "killed" run finished two blocks
         faces.run_unit(cfg, cat, u)
     # a third block was written but the run died before its flag: it must be redone
     g = zarr.open_group(units[2].store, mode="r+")
     g["crops"][units[2].start:units[2].stop] = 7
-    assert [u.chunk for u in faces.plan(cfg, cat)] == [2, 3, 4]
-    resumed = faces.run(cfg, cat, progress=False)
+    assert [u.chunk for u in faces.plan(cfg, cat).units] == [2, 3, 4]
+    resumed = runner.execute("faces", cfg, cat, progress=False)
     assert resumed["computed_chunks"] == 3 and resumed["skipped_chunks"] == 2
     _same(_arrays(full["path"]), _arrays(resumed["path"]))
-    again = faces.run(cfg, cat, progress=False)
+    again = runner.execute("faces", cfg, cat, progress=False)
     assert again["computed_chunks"] == 0 and again["skipped_chunks"] == 5
-    assert again["key"] == resumed["key"] == crop_store_key(Path(resumed["path"]))
-    forced = faces.run(cfg, cat, progress=False, force=True)
+    assert again["key"] == resumed["key"] == CropStore(resumed["path"]).provenance["key"]
+    forced = runner.execute("faces", cfg, cat, progress=False, force=True)
     assert forced["computed_chunks"] == 5
     _same(_arrays(full["path"]), _arrays(forced["path"]))
 
@@ -237,9 +241,9 @@ def test_changed_input_recomputes_only_the_affected_block(tmp_path):
     df.loc[r, "landmarks"] = " ".join(f"{v:.2f}" for v in pts)
     df.to_csv(csv, index=False)
     cat = Catalog(cfg.store)
-    manifest.run(cfg, cat)
-    assert [u.chunk for u in faces.plan(cfg, cat)] == [2]
-    second = faces.run(cfg, cat, progress=False)
+    runner.execute("manifest", cfg, cat, progress=False)
+    assert [u.chunk for u in faces.plan(cfg, cat).units] == [2]
+    second = runner.execute("faces", cfg, cat, progress=False)
     assert second["computed_chunks"] == 1 and second["skipped_chunks"] == 4
     assert second["key"] != first["key"]
     st = CropStore(second["path"])

@@ -12,14 +12,21 @@ import pytest
 import torch
 import zarr
 
+import cv2
+import pandas as pd
+
 import stages.features as sf
-from pipeline.config import DatasetConfig, FacesConfig, FeaturesConfig, RunConfig
+import stages.features_compute as fc
+from conftest import run_stages
+from pipeline.errors import MissingArtifact, StaleArtifact
+from stages import runner
 from store.catalog import Catalog
+from store.crops import CropStore
 from store.features import (FeatureStore, create_feature_store, done_shards, mark_done,
                             shard_range, write_shard)
+from store.features import checked as checked_features
 
 torch.set_num_threads(1)
-CROP = 64  # test crop side: features are CROP / 4 = 16
 N = 10
 FPS = 4  # frames per shard: shards [0-3], [4-7], [8-9]
 NO_FACE = (2, 5, 6)
@@ -79,37 +86,12 @@ def test_store_layout_and_done_record(tmp_path):
         FeatureStore(tmp_path / "nothing.zarr")
 
 
-# -- the stage ---------------------------------------------------------------------------------
-def _cfg(root: Path, **features) -> RunConfig:
-    feats = dict(allow_random_weights=True, frames_per_shard=FPS, batch_size=3, device="cpu")
-    feats.update(features)
-    return RunConfig(dataset=DatasetConfig(name="t", layout="demo", root=root / "data",
-                                           au_set="bp4d"),
-                     store=root / "store", faces=FacesConfig(detector="provided"),
-                     features=FeaturesConfig(**feats))
-
-
-def _write_crops(cfg: RunConfig, catalog: Catalog, key: str = "crop-key-1") -> np.ndarray:
-    """A finished crop store in the documented layout (docs/architecture.md)."""
-    path = sf.crops_path(cfg, catalog)
-    g = zarr.open_group(str(path), mode="w", zarr_format=3)
-    pix = np.random.default_rng(7).integers(0, 256, (N, CROP, CROP, 3), dtype=np.uint8)
-    success = np.ones(N, dtype=bool)
-    success[list(NO_FACE)] = False
-    pix[~success] = 0
-    g.create_array("crops", data=pix, chunks=(3, CROP, CROP, 3))
-    g.create_array("success", data=success)
-    g.create_array("chunk_done", data=np.ones(4, dtype=bool))
-    g.attrs["provenance"] = {"key": key}
-    return pix
-
-
+# -- the stage, on a real mini pipeline (manifest -> faces -> features) ------------------------------
 @pytest.fixture
-def setup(tmp_path):
-    cfg = _cfg(tmp_path)
-    catalog = Catalog(cfg.store)
-    pix = _write_crops(cfg, catalog)
-    return cfg, catalog, pix
+def built(mini):
+    cfg = mini(no_face=NO_FACE, n_subjects=3, n_frames=4)  # 12 rows: shards of 8 -> [0-7], [8-11]
+    run_stages(cfg, "manifest", "faces")
+    return cfg, Catalog(cfg.store)
 
 
 def _feature_files(path: Path) -> dict[str, bytes]:
@@ -117,41 +99,41 @@ def _feature_files(path: Path) -> dict[str, bytes]:
             for p in sorted((path / "features").rglob("*")) if p.is_file()}
 
 
-def test_stage_computes_features_and_missing_faces(setup, monkeypatch):
-    cfg, catalog, pix = setup
-    monkeypatch.setattr(sf, "_BACKBONES", {})  # the per-process cache would skip the load warning
+def test_stage_computes_features_and_missing_faces(built, monkeypatch):
+    cfg, catalog = built
+    monkeypatch.setattr(fc, "_BACKBONES", {})  # the per-process cache would skip the load warning
     with pytest.warns(UserWarning, match="untrained"):
-        s = sf.run(cfg, catalog, progress=False)
-    assert (s["frames"], s["computed"], s["missing"]) == (N, N - len(NO_FACE), len(NO_FACE))
+        s = run_stages(cfg, "features")
+    n = 12
+    assert (s["frames"], s["computed"], s["missing"]) == (n, n - len(NO_FACE), len(NO_FACE))
     assert s["complete"] and s["random_weights"] and s["weights_id"] == "random-seed0"
     assert s["bytes_on_disk"] > 0 and 0 < s["ratio_vs_raw"] < 1.2
     assert "random" in sf.format_summary(s).lower()
     fs = FeatureStore(s["path"])
-    assert fs.random_weights and fs.provenance["crop_store_key"] == "crop-key-1"
-    assert fs.provenance["backbone"] == "fan2" and fs.provenance["dtype"] == "float16"
-    assert not fs.valid[list(NO_FACE)].any() and fs.valid.sum() == N - len(NO_FACE)
-    # missing-face frames are never computed: they stay zero
-    assert not fs.read(np.array(NO_FACE)).any()
+    crops = CropStore(catalog.crops(cfg))
+    assert fs.random_weights and fs.provenance["inputs"]["crops"] == crops.provenance["key"]
+    assert fs.provenance["identity"]["backbone"] == "fan2"
+    assert fs.provenance["identity"]["dtype"] == "float16"
+    assert not fs.provenance["artifact"].startswith("/")  # store-relative
+    assert not fs.valid[list(NO_FACE)].any() and fs.valid.sum() == n - len(NO_FACE)
+    assert not fs.read(np.array(NO_FACE)).any()  # missing-face frames stay zero
     # stored values = the frozen FAN on the crops in [0, 1], within float16 precision
-    model, _, _ = sf.backbone(cfg)
+    model, _, _ = fc.backbone(cfg)
     rows = np.flatnonzero(fs.valid)
-    x = torch.from_numpy(pix[rows]).permute(0, 3, 1, 2).float() / 255
+    x = torch.from_numpy(crops.read(rows)).permute(0, 3, 1, 2).float() / 255
     with torch.inference_mode():
         ref = model(x).numpy()
     np.testing.assert_allclose(fs.read(rows), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
-    # up to date: a second run computes nothing
-    again = sf.run(cfg, catalog, progress=False)
+    again = run_stages(cfg, "features")  # up to date: a second run computes nothing
     assert again["skipped"] and again["computed_this_run"] == 0
 
 
-def test_kill_and_resume_gives_same_bytes(tmp_path, setup, monkeypatch):
-    cfg, catalog, _ = setup
-    whole = sf.run(cfg, catalog, progress=False)
+def test_kill_and_resume_gives_same_bytes(tmp_path, mini, monkeypatch):
+    a = mini(where="a", no_face=NO_FACE, n_subjects=3, n_frames=8)  # 24 rows: 3 shards
+    whole = run_stages(a, "manifest", "faces", "features")
     reference = _feature_files(Path(whole["path"]))
-
-    cfg2 = _cfg(tmp_path / "second")
-    cat2 = Catalog(cfg2.store)
-    _write_crops(cfg2, cat2)
+    b = mini(where="b", no_face=NO_FACE, n_subjects=3, n_frames=8)
+    run_stages(b, "manifest", "faces")
     real_write = sf.write_shard
 
     def dies_on_shard_1(group, shard, feats, valid):
@@ -161,62 +143,96 @@ def test_kill_and_resume_gives_same_bytes(tmp_path, setup, monkeypatch):
         real_write(group, shard, feats, valid)
 
     monkeypatch.setattr(sf, "write_shard", dies_on_shard_1)
-    with pytest.raises(OSError, match="No space"):
-        sf.run(cfg2, cat2, progress=False)
-    out = Path(whole["path"].replace(str(cfg.store), str(cfg2.store)))
-    done = done_shards(zarr.open_group(str(out), mode="r"))
-    assert list(done) == [0]  # shard 1 was not marked done
+    cat = Catalog(b.store)
+    s = runner.execute("features", b, cat, progress=False)
+    assert len(s["failed"]) == 1 and "no space left on the device" in s["failed"][0]
+    out = cat.features(b)
+    assert not s["complete"] and list(done_shards(zarr.open_group(str(out), mode="r"))) == [0]
+    with pytest.raises(StaleArtifact, match="aunet features"):  # consumers refuse it
+        checked_features(b, cat)
     stamp0 = {p: p.stat().st_mtime_ns for p in (out / "features").rglob("*") if p.is_file()}
-
     monkeypatch.setattr(sf, "write_shard", real_write)
-    units = sf.plan(cfg2, cat2)
-    assert [u.shards for u in units] == [(1, 2)]  # resumes at the first unfinished shard
-    s = sf.run(cfg2, cat2, progress=False)
-    assert s["complete"] and s["computed_this_run"] == 2 + 2  # shard 1: rows 5, 6 have no face
-    assert _feature_files(out) == reference
-    # the finished shard 0 was never rewritten
-    p0 = out / "features" / "c" / "0" / "0" / "0" / "0"  # shard 0's file (chunk key c/0/0/0/0)
+    assert [u.shards for u in sf.plan(b, cat).units] == [(1, 2)]  # resumes at shard 1
+    s = run_stages(b, "features")
+    assert s["complete"] and _feature_files(out) == reference
+    p0 = out / "features" / "c" / "0" / "0" / "0" / "0"  # shard 0's file: never rewritten
     assert p0.stat().st_mtime_ns == stamp0[p0]
+    checked_features(b, cat)
 
 
-def test_recomputed_crops_recompute_features(setup):
-    """The same crop store recomputed (new key): every shard is redone, no --force needed."""
-    cfg, catalog, _ = setup
-    sf.run(cfg, catalog, progress=False)
-    _write_crops(cfg, catalog, key="crop-key-2")
-    s = sf.run(cfg, catalog, progress=False)
-    assert s["computed_this_run"] == N - len(NO_FACE)
-    assert FeatureStore(s["path"]).provenance["crop_store_key"] == "crop-key-2"
+def test_changed_image_recomputes_one_shard_and_labels_none(built):
+    cfg, catalog = built
+    run_stages(cfg, "features")
+    csv = Path(cfg.dataset.manifest_file)
+    df = pd.read_csv(csv, keep_default_na=False)
+    df.loc[0, "AU01"] = 1 - int(df.loc[0, "AU01"])  # a flipped label: features untouched
+    df.to_csv(csv, index=False)
+    s = run_stages(cfg, "manifest", "faces", "features")
+    assert s["computed_this_run"] == 0 and s["skipped"]
+    img = Path(cfg.dataset.root) / df.loc[9, "image_path"]  # row 9: shard 1 of 2
+    cv2.imwrite(str(img), np.full((64, 64, 3), 99, np.uint8))
+    faces = run_stages(cfg, "manifest", "faces")
+    assert faces["computed_chunks"] == 1
+    plan = sf.plan(cfg, catalog)
+    assert [u.shards for u in plan.units] == [(1,)]
+    s = run_stages(cfg, "features")
+    assert s["computed_this_run"] == 4 - len([r for r in NO_FACE if r >= 8])
 
 
-def test_refuses_crop_store_from_other_configuration(setup):
-    cfg, catalog, _ = setup
-    sf.run(cfg, catalog, progress=False)
+def test_stale_features_after_crops_change_are_refused_until_recomputed(built):
+    """Crops recomputed with other content: nothing downstream may use the old features, even
+    when the features run is killed before any shard is redone."""
+    cfg, catalog = built
+    run_stages(cfg, "features")
+    checked_features(cfg, catalog)
+    img = Path(cfg.dataset.root) / "S0" / "001.png"
+    cv2.imwrite(str(img), np.full((64, 64, 3), 7, np.uint8))
+    run_stages(cfg, "faces")
+    plan = sf.plan(cfg, catalog)  # planning writes nothing, and the store is stale
+    assert plan.units
+    with pytest.raises(StaleArtifact, match="run `aunet features`"):
+        checked_features(cfg, catalog)
+    run_stages(cfg, "features")
+    checked_features(cfg, catalog)
+
+
+def test_two_faces_configurations_coexist(built):
+    cfg, catalog = built
+    first = run_stages(cfg, "features")
     other = cfg.model_copy(update={"faces": cfg.faces.model_copy(update={"eye_distance": 0.25})})
-    _write_crops(other, catalog, key="crop-key-2")
-    with pytest.raises(ValueError, match="another faces configuration"):
-        sf.run(other, catalog, progress=False)
-    s = sf.run(other, catalog, force=True, progress=False)
-    assert FeatureStore(s["path"]).provenance["crop_store_key"] == "crop-key-2"
+    run_stages(other, "faces")
+    second = run_stages(other, "features")
+    assert first["path"] != second["path"] and Path(first["path"]).exists()
+    assert checked_features(cfg, catalog).path == Path(first["path"])
+    assert checked_features(other, catalog).path == Path(second["path"])
+    weights = cfg.model_copy(update={"features": cfg.features.model_copy(update={"seed": 1})})
+    third = run_stages(weights, "features")  # other weights: a third store, the others kept
+    assert len({first["path"], second["path"], third["path"]}) == 3
 
 
-def test_refuses_unfinished_or_missing_crops(tmp_path, setup):
-    cfg, catalog, _ = setup
-    g = zarr.open_group(str(sf.crops_path(cfg, catalog)), mode="r+")
-    g["chunk_done"][2] = False
-    with pytest.raises(ValueError, match=r"unfinished: chunks \[2\]"):
-        sf.run(cfg, catalog, progress=False)
-    cfg2 = _cfg(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match="aunet faces"):
-        sf.run(cfg2, Catalog(cfg2.store), progress=False)
+def test_refuses_unfinished_or_missing_crops(built, mini):
+    cfg, catalog = built
+    g = zarr.open_group(str(catalog.crops(cfg)), mode="r+")
+    g["chunk_done"][1] = False
+    with pytest.raises(StaleArtifact, match="aunet faces"):
+        sf.plan(cfg, catalog)
+    cfg2 = mini(where="empty")
+    run_stages(cfg2, "manifest")
+    with pytest.raises(MissingArtifact, match="aunet faces"):
+        sf.plan(cfg2, Catalog(cfg2.store))
 
 
-def test_refuses_layout_change_without_force(setup):
-    cfg, catalog, _ = setup
-    sf.run(cfg, catalog, progress=False)
-    cfg2 = cfg.model_copy(update={"features": cfg.features.model_copy(update={"frames_per_shard": 5})})
-    with pytest.raises(ValueError, match="frames_per_shard: store 4, config 5"):
-        sf.run(cfg2, catalog, progress=False)
+def test_half_made_store_is_rebuilt_and_build_debris_removed(built):
+    cfg, catalog = built
+    out = catalog.features(cfg)
+    out.mkdir(parents=True)
+    zarr.open_group(str(out), mode="w")  # a group without arrays (an old kill while creating)
+    debris = out.parent / ".features.zarr.building-x1"
+    debris.mkdir()
+    (out.parent / ".features.zarr.provenance.json.abc.tmp").write_text("{")
+    s = run_stages(cfg, "features")
+    assert s["complete"] and not debris.exists()
+    assert not list(out.parent.glob("*.tmp"))
 
 
 class _BadValueModel(torch.nn.Module):
@@ -233,18 +249,15 @@ class _BadValueModel(torch.nn.Module):
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 1e6, -1e6])
-def test_nan_inf_or_float16_overflow_names_rows(setup, value):
+def test_nan_inf_or_float16_overflow_names_rows(value):
     # 1e6 is finite in float32 but Inf once stored as float16: caught after the cast
-    cfg, catalog, pix = setup
-    g = zarr.open_group(str(sf.crops_path(cfg, catalog)), mode="r+")
-    bad = pix[4:8].copy()
-    bad[3, 0, 0, 0] = 255  # row 7
-    g["crops"][4:8] = bad
-    pixels, valid = g["crops"][4:8], g["success"][4:8]
+    pixels = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    pixels[3, 0, 0, 0] = 255  # row 7
+    valid = np.ones(4, bool)
     with pytest.raises(ValueError, match=r"rows \[7\]"):
-        sf.compute_shard(_BadValueModel(value), pixels, valid, 4, dtype="float16", batch_size=2,
+        fc.compute_shard(_BadValueModel(value), pixels, valid, 4, dtype="float16", batch_size=2,
                          device=torch.device("cpu"), src="crops.zarr")
     if abs(value) == 1e6:  # stored as float32 it is an ordinary value
-        feats = sf.compute_shard(_BadValueModel(value), pixels, valid, 4, dtype="float32",
+        feats = fc.compute_shard(_BadValueModel(value), pixels, valid, 4, dtype="float32",
                                  batch_size=2, device=torch.device("cpu"), src="crops.zarr")
         assert feats[3, 5].min() == value and feats.dtype == np.float32

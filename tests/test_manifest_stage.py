@@ -13,6 +13,8 @@ from pipeline.aus import AUSet
 from pipeline.config import load_config
 from pipeline.manifest import au_set_of, label_matrix
 from stages import manifest as stage
+from stages import runner
+from store import manifests
 from store.provenance import read_provenance
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -29,12 +31,12 @@ def demo_cfg(demo_root: Path, store: Path, **more):
 
 def test_demo_manifest(demo_root, tmp_store):
     cfg = demo_cfg(demo_root, tmp_store.root)
-    summary = stage.run(cfg, tmp_store, progress=False)
+    summary = runner.execute("manifest", cfg, tmp_store, progress=False)
     assert summary["skipped"] is False
     assert (summary["frames"], summary["subjects"], summary["videos"]) == (240, 6, 6)
     assert summary["folds"] == {1: 80, 2: 80, 3: 80}
     assert summary["report"]["left_out"] == {} and summary["unknown_labels"] == 0
-    table = stage.load(tmp_store, "demo")
+    table = manifests.load(tmp_store, "demo")
     assert au_set_of(table) is AUSet.BP4D
     df = table.to_pandas()
     assert list(df.row) == list(range(240))
@@ -55,18 +57,18 @@ def test_demo_manifest(demo_root, tmp_store):
 
 def test_rerun_is_skipped_and_force_recomputes(demo_root, tmp_store):
     cfg = demo_cfg(demo_root, tmp_store.root)
-    stage.run(cfg, tmp_store, progress=False)
+    runner.execute("manifest", cfg, tmp_store, progress=False)
     path = tmp_store.manifest("demo")
     before = (path.stat().st_mtime_ns, read_provenance(path)["key"])
-    again = stage.run(cfg, tmp_store, progress=False)
+    again = runner.execute("manifest", cfg, tmp_store, progress=False)
     assert again["skipped"] is True and again["frames"] == 240
     assert path.stat().st_mtime_ns == before[0]
     assert "skipped (up to date)" in stage.format_summary(again)
-    forced = stage.run(cfg, tmp_store, force=True, progress=False)
+    forced = runner.execute("manifest", cfg, tmp_store, force=True, progress=False)
     assert forced["skipped"] is False and path.stat().st_mtime_ns != before[0]
     assert read_provenance(path)["key"] == before[1]  # same inputs, same fingerprint
     changed = demo_cfg(demo_root, tmp_store.root, **{"dataset.n_folds": 2})
-    redone = stage.run(changed, tmp_store, progress=False)
+    redone = runner.execute("manifest", changed, tmp_store, progress=False)
     assert redone["skipped"] is False and set(redone["folds"]) == {1, 2}
 
 
@@ -80,7 +82,7 @@ def test_skip_mode_report_is_saved_and_printed(tmp_path, tmp_store, write_image)
         "dataset:\n  name: mine\n  layout: manifest\n  root: mine\n  au_set: bp4d\n"
         "  folds: kfold\n  on_bad_input: skip\n")
     cfg = load_config(tmp_path / "cfg.yaml", {"store": str(tmp_store.root)})
-    summary = stage.run(cfg, tmp_store, progress=False)
+    summary = runner.execute("manifest", cfg, tmp_store, progress=False)
     assert summary["frames"] == 3
     assert summary["report"]["left_out"] == {"no_image": 1, "label_out_of_alphabet": 1}
     text = stage.format_summary(summary)

@@ -7,15 +7,15 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
+from conftest import run_stages, write_mini_dataset
 from pipeline.aus import AUSet
-from pipeline.config import DatasetConfig, EvalConfig, Layout, RunConfig, Variant
-from pipeline.manifest import ManifestReport, finalize
+from pipeline.config import RunConfig, Variant, load_config
+from pipeline.errors import MissingArtifact, UserError
 from pipeline.models.heads import build_head, n_trainable
-from stages import evaluate, report
+from stages import evaluate, report, runner
 from store import tables
 from store.catalog import Catalog
-from store.features import create_feature_store, mark_done, write_shard
-from store.provenance import write_provenance, write_table
+from store.query import run_query
 
 GOLDEN = Path(__file__).parent / "golden"
 AUS = AUSet.DISFA.columns  # 8 AUs: small tables
@@ -24,52 +24,25 @@ NO_FACE = (3, 20)  # rows without a face
 VARIANTS = (Variant.AU_FAN, Variant.AUNET)  # one static, one temporal
 
 
-def _dataset(cat: Catalog, name: str, au_set: AUSet, n_subjects: int, n_frames: int,
-             no_face: tuple[int, ...], rng) -> None:
-    """A manifest (subjects split 3 ways) and a 16x16 random feature store."""
-    rows = []
-    for s in range(n_subjects):
-        for f in range(n_frames):
-            labels = {au: int(rng.random() < 0.4) for au in au_set.columns}
-            rows.append({"subject": f"S{s}", "session": "T1", "frame": f, "image_path": "x.jpg",
-                         "fold": s * 3 // n_subjects + 1, **labels})
-    df = pd.DataFrame(rows)
-    df.loc[7, "AU01"] = pd.NA  # an unknown label
-    table = finalize(df, name, au_set, ManifestReport())
-    write_table(cat.manifest(name), table)
-    write_provenance(cat.manifest(name), stage="manifest", config={}, code="test", inputs={})
-    n = table.num_rows
-    g = create_feature_store(cat.features(name, "fan2", "test"), n, size=16, frames_per_shard=n,
-                             attrs={"provenance": {"key": "feat", "random_weights": True}})
-    valid = np.ones(n, bool)
-    valid[list(no_face)] = False
-    write_shard(g, 0, rng.standard_normal((n, 768, 16, 16)).astype(np.float32), valid)
-    mark_done(g, 0, "feat")
-
-
 def _build(tmp_path: Path) -> tuple[RunConfig, Catalog]:
-    rng = np.random.default_rng(0)
-    cat = Catalog(tmp_path / "store")
-    _dataset(cat, "tiny", AUSet.DISFA, N_SUBJECTS, N_FRAMES, NO_FACE, rng)
-    _dataset(cat, "other", AUSet.BP4D, 3, 4, (), rng)  # cross-dataset: shares 5 AUs with DISFA
-    from stages.heads_io import save_checkpoint
-    for i, v in enumerate(VARIANTS):
-        for fold in (1, 2, 3):
-            torch.manual_seed(10 * i + fold)
-            m = build_head(v, len(AUS))
-            save_checkpoint(cat.head_checkpoint("tiny", v.value, fold, "h"), {
-                "state_dict": m.state_dict(), "variant": v.value, "au_set": "disfa",
-                "au_columns": AUS, "n_aus": len(AUS), "train_config": {"temporal_offset": 2}})
-    cfg = RunConfig(dataset=DatasetConfig(name="tiny", layout=Layout.MANIFEST, root=tmp_path,
-                                          au_set=AUSet.DISFA, folds="kfold"),
-                    store=cat.root, eval=EvalConfig(bootstrap=50, cross_datasets=("other",)))
-    return cfg, cat
+    """A DISFA-set dataset with trained heads, and a BP4D-set dataset to score them across."""
+    store = tmp_path / "store"
+    other = load_config(write_mini_dataset(tmp_path / "o", name="other", au_set="bp4d",
+                                           n_subjects=3, n_frames=4, store=store, seed=1))
+    run_stages(other, "manifest", "faces", "features")
+    cfg = load_config(write_mini_dataset(
+        tmp_path / "t", name="tiny", au_set="disfa", n_subjects=N_SUBJECTS, n_frames=N_FRAMES,
+        no_face=NO_FACE, unknown=((7, "AU01"),), store=store,
+        train={"epochs": 1, "max_steps_per_epoch": 1, "variants": [v.value for v in VARIANTS]},
+        eval={"bootstrap": 50, "cross_datasets": ["other"]}))
+    run_stages(cfg, "manifest", "faces", "features", "prior", "train")
+    return cfg, Catalog(store)
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     cfg, cat = _build(tmp_path_factory.mktemp("eval"))
-    summary = evaluate.run(cfg, cat, progress=False)
+    summary = run_stages(cfg, "evaluate")
     return cfg, cat, summary
 
 
@@ -77,7 +50,7 @@ def test_evaluate_writes_one_complete_run(evaluated):
     cfg, cat, summary = evaluated
     assert not summary["skipped"] and summary["random_weights"]
     assert set(summary["written"]) == {"predictions", "metrics", "significance", "cooccurrence",
-                                       "complexity", "runs"}  # no prior: no prior_metrics
+                                       "complexity", "prior_metrics", "runs"}
     pred = tables.latest(cat, "predictions", "tiny").to_pandas()
     cross = pred[pred.eval_dataset == "other"]
     assert len(cross) == len(VARIANTS) * 12 and cross.AU09_label.isna().all()  # BP4D has no AU9
@@ -111,14 +84,14 @@ def test_evaluate_writes_one_complete_run(evaluated):
 
 def test_evaluate_again_is_skipped(evaluated):
     cfg, cat, summary = evaluated
-    again = evaluate.run(cfg, cat, progress=False)
+    again = run_stages(cfg, "evaluate")
     assert again["skipped"] and again["run"] == summary["run"] and again["evaluated"] == []
     assert "up to date" in evaluate.format_summary(again)
 
 
 def test_report_renders_files_with_banner(evaluated):
     cfg, cat, summary = evaluated
-    out = report.run(cfg, cat)
+    out = run_stages(cfg, "report")
     assert out["run"] == summary["run"] and not out["skipped"]
     names = {Path(f).name for f in out["files"]}
     assert {"report.md", "report.html", "f1_bars_tiny.png", "correlation_tiny.png",
@@ -128,19 +101,19 @@ def test_report_renders_files_with_banner(evaluated):
     assert "| AU26 |" in md and "| Avg |" in md
     for f in out["files"]:
         assert Path(f).stat().st_size > 0
-    assert report.run(cfg, cat)["skipped"]
+    assert run_stages(cfg, "report")["skipped"]
 
 
 def test_run_query_on_small_store(evaluated):
     _, cat, _ = evaluated
-    text = report.run_query(cat, "SELECT variant, count(*) AS n FROM predictions "
+    text = run_query(cat, "SELECT variant, count(*) AS n FROM predictions "
                                  "GROUP BY variant ORDER BY variant")
     lines = text.splitlines()
     assert lines[0].split() == ["variant", "n"]
     assert lines[2].split() == ["au_fan", str(N_SUBJECTS * N_FRAMES + 12)]
     assert lines[-1] == "(2 rows)"
-    with pytest.raises(ValueError, match="query failed"):
-        report.run_query(cat, "SELECT * FROM nosuchtable")
+    with pytest.raises(UserError, match="query failed"):
+        run_query(cat, "SELECT * FROM nosuchtable")
 
 
 def _small_result() -> dict[str, pd.DataFrame]:
@@ -165,3 +138,39 @@ def _small_result() -> dict[str, pd.DataFrame]:
 def test_rendered_markdown_matches_golden():
     md = report.render_markdown(report.sections(_small_result(), "bp4d", "r1", True))
     assert md == (GOLDEN / "report_small.md").read_text()
+
+
+def test_evaluate_uses_exactly_the_configs_heads_and_cleans_a_killed_run(tmp_path, monkeypatch):
+    cfg, cat = _build(tmp_path)
+    other_lr = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 2e-3})})
+    with pytest.raises(MissingArtifact, match="no trained au_fan head for fold 1 of this config"):
+        run_stages(other_lr, "evaluate")
+    run_stages(other_lr, "train")
+    first = run_stages(cfg, "evaluate")
+    second = run_stages(other_lr, "evaluate")
+    for summary, c in ((first, cfg), (second, other_lr)):
+        pred = tables.read_run(cat, "predictions", "tiny", summary["run"]).to_pandas()
+        want = {cat.head_dir(c, v, 1).name for v in VARIANTS}
+        assert set(pred[pred.fold == 1].head_name) == want
+    # the report renders the run its own config asked for, not the newest one
+    assert run_stages(cfg, "report")["run"] == first["run"] != second["run"]
+
+    real_append = tables.append
+
+    def killed(catalog, name, *args, **kw):  # killed after two of the run's tables were written
+        if name == "significance":
+            raise KeyboardInterrupt("killed")
+        return real_append(catalog, name, *args, **kw)
+
+    monkeypatch.setattr(tables, "append", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute("evaluate", cfg, cat, force=True, progress=False)
+    monkeypatch.undo()
+    runs = sorted(p.name for p in (cat.table_dir("predictions") / "dataset=tiny").iterdir())
+    assert len(runs) == 3  # two complete runs and the killed one's partition
+    n = run_query(cat, "SELECT count(DISTINCT run) AS n FROM predictions").splitlines()[2].strip()
+    assert n == "2"  # the query views show complete runs only
+    again = runner.execute("evaluate", cfg, cat, force=True, progress=False)
+    assert any("run=" in c for c in again["cleaned"])
+    assert len(list((cat.table_dir("predictions") / "dataset=tiny").iterdir())) == 3
+    assert len(list((cat.table_dir("metrics") / "dataset=tiny").iterdir())) == 3

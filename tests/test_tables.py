@@ -15,7 +15,7 @@ def _metrics(variant="au_fan", f1=0.5):
 
 
 def _runs():
-    return pa.table({"created_utc": ["t"], "config_json": ["{}"], "code_version": ["v"],
+    return pa.table({"created_utc": ["t"], "config_key": ["c"], "config_json": ["{}"], "code_version": ["v"],
                      "inputs_json": ["{}"], "inputs_key": ["k"], "timings_json": ["{}"],
                      "random_weights": [True], "variants": [["au_fan"]],
                      "eval_datasets": [["demo"]], "n_units": [1]})
@@ -72,4 +72,4 @@ def test_predictions_with_different_au_sets_unify(tmp_path):
     t = tables.read(cat, "predictions")
     assert t.schema.field("AU01_prob").type == pa.float32()
     assert sorted(t.column("AU02_prob").to_pylist(), key=str) == [0.20000000298023224, None]
-    assert tables.schema("predictions", ["AU01"]).metadata[b"schema_version"] == b"1"
+    assert tables.schema("predictions", ["AU01"]).metadata[b"schema_version"] == b"2"

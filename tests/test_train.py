@@ -7,127 +7,139 @@ import pandas as pd
 import pytest
 import torch
 
+from pathlib import Path
+
+import zarr
+
 import stages.train as train_stage
+from conftest import run_stages
+from flows.cli import main
 from pipeline.aus import AUSet
 from pipeline.batches import (BackgroundLoader, batch_buffer, chunk_local_batches, gather_shifted,
                               unique_rows)
-from pipeline.config import DatasetConfig, Layout, PriorConfig, RunConfig, TrainConfig, Variant
-from pipeline.manifest import ManifestReport, finalize
-from stages import prior as prior_stage
-from stages.heads_io import load_head, predict
+from pipeline.config import Variant
+from pipeline.errors import ConfigError, MissingArtifact, StaleArtifact
+from pipeline.inference import predict
+from stages import runner
 from store.catalog import Catalog
-from store.features import FeatureStore, create_feature_store, mark_done, write_shard
-from store.provenance import is_current, read_provenance, write_provenance, write_table
+from store.features import checked as checked_features
+from store.models import load_head
+from store.provenance import read_provenance
 
 COLS = AUSet.BP4D.columns
-N_PER_SUBJECT, FPS, SIZE = 12, 8, 16
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
+NO_FACE = (5,)  # one frame of subject S0 (fold 1) has no face
 
 
-def make_dataset(root, name="mini", done_shards: int = 99,
-                 au_set: AUSet = AUSet.BP4D) -> tuple[Catalog, FeatureStore]:
-    """3 subjects (folds 1-3), one 12-frame video each; one frame without a face."""
-    rng = np.random.default_rng(0)
-    n = 3 * N_PER_SUBJECT
-    df = pd.DataFrame({"subject": np.repeat(["S1", "S2", "S3"], N_PER_SUBJECT),
-                       "session": "T1", "frame": np.tile(np.arange(N_PER_SUBJECT), 3),
-                       "fold": np.repeat([1, 2, 3], N_PER_SUBJECT)})
-    y = (rng.random((n, len(au_set.columns))) < 0.4).astype(int)
-    for j, c in enumerate(au_set.columns):
-        df[c] = pd.array(y[:, j], dtype="Int8")
-    df.loc[3, "AU01"] = pd.NA
-    cat = Catalog(root / "store")
-    table = finalize(df, name, au_set, ManifestReport())
-    write_table(cat.manifest(name), table)
-    write_provenance(cat.manifest(name), stage="manifest", config={}, code="test", inputs={})
-    path = cat.features(name, "fan2", "test")
-    group = create_feature_store(path, n, size=SIZE, frames_per_shard=FPS,
-                                 attrs={"provenance": {"key": "features-test-key"}})
-    x = rng.normal(size=(n, 768, SIZE, SIZE)).astype(np.float16)
-    valid = np.ones(n, bool)
-    valid[20] = False
-    for s in range(-(-n // FPS)):
-        write_shard(group, s, x[s * FPS:(s + 1) * FPS], valid[s * FPS:(s + 1) * FPS])
-        if s < done_shards:
-            mark_done(group, s, "features-test-key")
-    return cat, FeatureStore(path)
+@pytest.fixture
+def ready(mini):
+    """make(**kw) -> a mini dataset with manifest, crops and features (3 subjects x 12 frames)."""
+    def make(**kw):
+        cfg = mini(no_face=NO_FACE, **kw)
+        run_stages(cfg, "manifest", "faces", "features")
+        return cfg, Catalog(cfg.store)
+
+    return make
 
 
-def make_cfg(root, name="mini", au_set: AUSet = AUSet.BP4D, **train) -> RunConfig:
-    t = dict(epochs=2, batch_size=4, max_steps_per_epoch=2, lr=1e-3, shuffle_buffer=8,
-             lr_step_epochs=1, temporal_offset=2, variants=(Variant.AU_FAN, Variant.AUNET),
-             folds=(1,))
-    return RunConfig(dataset=DatasetConfig(name=name, layout=Layout.MANIFEST, root=root,
-                                           au_set=au_set),
-                     store=root / "store", prior=PriorConfig(epochs=2),
-                     train=TrainConfig(**(t | train)))
+def _train(cfg, **kw):
+    return runner.execute("train", cfg, Catalog(cfg.store), progress=False, **kw)
 
 
-def test_train_writes_checkpoints_skips_and_predicts(tmp_path):
-    cat, store = make_dataset(tmp_path)
-    cfg = make_cfg(tmp_path)
-    prior_stage.run(cfg, cat, progress=False)
-    summary = train_stage.run(cfg, cat, progress=False)
+def test_train_writes_checkpoints_skips_and_predicts(ready):
+    cfg, cat = ready()
+    run_stages(cfg, "prior")
+    summary = _train(cfg, select={"folds": [1]})
+    assert not summary["failed"]
     assert [(h["variant"], h["fold"]) for h in summary["heads"]] == [("au_fan", 1), ("aunet", 1)]
+    store = checked_features(cfg, cat)
     for h in summary["heads"]:
         assert not h["skipped"] and len(h["history"]) == 2
-        assert h["n_train_frames"] == 2 * N_PER_SUBJECT - 1  # folds 2+3, one frame without a face
-        final = cat.head_checkpoint("mini", h["variant"], 1, train_stage.head_name(cfg, Variant(h["variant"])))
+        assert h["n_train_frames"] == 24  # folds 2 and 3: S1 and S2, every frame has a face
+        final = cat.head_checkpoint(cfg, Variant(h["variant"]), 1)
         assert str(final) == h["path"] and final.exists()
         assert sorted(p.name for p in final.parent.glob("*.pt")) == ["epoch002.pt", "final.pt"]
         rec = read_provenance(final)
-        assert rec["inputs"]["features"] == "features-test-key"
+        assert set(rec["inputs"]) >= {"train_labels", "features"} and rec["sha256"]
+        assert not rec["artifact"].startswith("/")
         model, meta = load_head(final)
         assert meta["au_columns"] == COLS and meta["epoch"] == 2 and len(meta["history"]) == 2
-        rows = np.arange(5)
-        trip = np.stack([rows, rows, np.minimum(rows + 1, 4)], 1) if model.temporal else None
+        # predictions are the head's own forward on the stored features, in the rows' order
+        rows = np.array([7, 0, 3])
+        trip = np.stack([rows, rows, np.minimum(rows + 1, 11)], 1) if model.temporal else None
         p = predict(model, store, rows, trip, batch_size=2)
-        assert p.shape == (5, 12) and p.dtype == np.float32 and ((p >= 0) & (p <= 1)).all()
+        x = [torch.from_numpy(store.read(trip[:, j] if model.temporal else rows)) for j in (1, 0, 2)]
+        with torch.no_grad():
+            want = torch.sigmoid(model(*x) if model.temporal else model(x[0])).numpy()
+        np.testing.assert_allclose(p, want, atol=1e-5)
     aunet = summary["heads"][1]
     assert aunet["triplets"]["boundary"] > 0 and aunet["triplets"]["missing_face"] == 2
-    assert "prior_key" in read_provenance(aunet["path"])["inputs"]
-    assert train_stage.head_name(cfg, Variant.AU_FAN) == "lr1e-03_e2_b4_cons-paper_g1_shift2_s0_steps2"
-    again = train_stage.run(cfg, cat, progress=False, variants=["au_fan"])
+    assert "prior" in read_provenance(aunet["path"])["inputs"]
+    again = _train(cfg, select={"variants": ["au_fan"], "folds": [1]})
     assert [h["skipped"] for h in again["heads"]] == [True]
     assert "loss per epoch" in train_stage.format_summary(again)
 
 
-def test_incomplete_feature_store_refused(tmp_path):
-    cat, _ = make_dataset(tmp_path, done_shards=3)
-    with pytest.raises(ValueError, match=r"incomplete: shards \[3, 4\]"):
-        train_stage.run(make_cfg(tmp_path, variants=(Variant.AU_FAN,)), cat, progress=False)
+def test_fold_outside_the_dataset_is_refused(ready):
+    cfg, cat = ready()
+    with pytest.raises(ConfigError, match="fold 7 is not a test fold of dataset 'mini' .*1, 2, 3"):
+        _train(cfg, select={"folds": [7]})
+    assert main(["train", "--config", str(Path(cfg.dataset.root).parent / "mini.yaml"),
+                 "--fold", "7", "--quiet"]) == 2
 
 
-def test_disfa_heads_start_from_bp4d_heads(tmp_path):
+def test_head_identity_covers_every_setting(ready):
+    cfg, cat = ready()
+
+    def head(**train):
+        return cat.head_dir(cfg.model_copy(update={"train": cfg.train.model_copy(update=train)}),
+                            Variant.AU_FAN, 1)
+
+    base = head()
+    for change in ({"lr": 1.4e-3}, {"weight_decay": 0.02}, {"lr_step_epochs": 3},
+                   {"lr_gamma": 0.5}, {"shuffle_buffer": 9}, {"feature_shift": 0}):
+        assert head(**change) != base, change
+    assert head(lr=1e-4) != head(lr=1.4e-4)  # no rounding in names
+    assert head(variants=(Variant.AU_FAN,), folds=(1,)) == base  # the unit selection is not
+
+
+def test_incomplete_feature_store_refused(ready):
+    cfg, cat = ready()
+    g = zarr.open_group(str(cat.features(cfg)), mode="r+")
+    g["shard_done"][1] = False
+    with pytest.raises(StaleArtifact, match="aunet features"):
+        _train(cfg, select={"variants": ["au_fan"]})
+
+
+def test_disfa_heads_start_from_bp4d_heads(tmp_path, ready):
     """train.init_from: the DISFA head (8 AUs) takes the BP4D head's body; only fc2 is new."""
-    cat, _ = make_dataset(tmp_path, "bp4dmini")
-    make_dataset(tmp_path, "disfamini", au_set=AUSet.DISFA)
-    bp4d = train_stage.run(make_cfg(tmp_path, "bp4dmini", variants=(Variant.AU_TDN,)), cat,
-                           progress=False)["heads"][0]
+    bp4d_cfg, _ = ready(where="b", name="bp4dmini", train={"variants": ["au_tdn"]})
+    bp4d = _train(bp4d_cfg)["heads"][0]
+    src_yaml = Path(bp4d_cfg.dataset.root).parent / "bp4dmini.yaml"
     # lr 0 (and so no weight decay step): the trained DISFA body must equal the BP4D body exactly
-    cfg = make_cfg(tmp_path, "disfamini", AUSet.DISFA, variants=(Variant.AU_TDN,), lr=0.0,
-                   init_from="bp4dmini")
-    disfa = train_stage.run(cfg, cat, progress=False)["heads"][0]
+    cfg, _ = ready(where="d", name="disfamini", au_set="disfa",
+                   train={"variants": ["au_tdn"], "lr": 0.0, "init_from": str(src_yaml)})
+    disfa = _train(cfg)["heads"][0]
     assert disfa["fresh_params"] == ["classifier.fc2.bias", "classifier.fc2.weight"]
-    assert disfa["path"].endswith("_from-bp4dmini/final.pt")
-    src, dst = (torch.load(h["path"], weights_only=False)["state_dict"] for h in (bp4d, disfa))
+    assert "_from-bp4dmini-" in disfa["path"]
+    src, dst = (torch.load(h["path"], weights_only=True)["state_dict"] for h in (bp4d, disfa))
     assert dst["classifier.fc2.weight"].shape == (8, 128) and src["classifier.fc2.weight"].shape == (12, 128)
     for k, v in src.items():
         if "fc2" not in k and "running" not in k and "num_batches" not in k:  # BN statistics move
             assert torch.equal(v, dst[k]), k
-    rec = read_provenance(disfa["path"])
-    assert rec["inputs"]["init_from"] == bp4d["path"] and rec["inputs"]["init_key"] != "missing"
-    with pytest.raises(FileNotFoundError, match="no final au_tdn heads"):
-        train_stage.run(make_cfg(tmp_path, "disfamini", AUSet.DISFA, variants=(Variant.AU_TDN,),
-                                 init_from="nosuchdata"), cat, progress=False)
+    assert read_provenance(disfa["path"])["inputs"]["init"] == read_provenance(bp4d["path"])["key"]
+    untrained = tmp_path / "untrained.yaml"  # the BP4D config with another lr: never trained
+    untrained.write_text(src_yaml.read_text().replace("lr: 0.001", "lr: 0.002"))
+    missing = cfg.model_copy(update={"train": cfg.train.model_copy(update={"init_from": untrained})})
+    with pytest.raises(MissingArtifact, match="no final au_tdn head of fold 1"):
+        _train(missing)
 
 
-def test_predict_checks_triplets(tmp_path):
-    cat, store = make_dataset(tmp_path)
+def test_predict_checks_triplets(ready):
+    cfg, cat = ready()
     from pipeline.models.heads import build_head
 
+    store = checked_features(cfg, cat)
     tdn = build_head(Variant.AU_TDN, 12)
     with pytest.raises(ValueError, match="needs triplets"):
         predict(tdn, store, np.arange(3), None)
@@ -135,34 +147,70 @@ def test_predict_checks_triplets(tmp_path):
         predict(tdn, store, np.arange(3), np.zeros((3, 3), np.int64))
 
 
-def test_kill_and_resume_continues_from_last_epoch(tmp_path, monkeypatch):
-    ref_cat, _ = make_dataset(tmp_path / "ref")
-    cfg_ref = make_cfg(tmp_path / "ref", epochs=3, variants=(Variant.AU_TDN,))
-    ref = train_stage.run(cfg_ref, ref_cat, progress=False)["heads"][0]
-
-    cat, _ = make_dataset(tmp_path / "run")
-    cfg = make_cfg(tmp_path / "run", epochs=3, variants=(Variant.AU_TDN,))
-
+def _kill_after(monkeypatch, epoch_to_die: int) -> None:
     def kill(unit, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt("killed after epoch 2")
+        if epoch == epoch_to_die:
+            raise KeyboardInterrupt(f"killed after epoch {epoch}")
 
     monkeypatch.setattr(train_stage, "_epoch_done", kill)
+
+
+def test_kill_and_resume_continues_from_last_epoch(ready, monkeypatch):
+    ref_cfg, _ = ready(where="ref", train={"epochs": 3, "variants": ["au_tdn"], "folds": [1]})
+    ref = _train(ref_cfg)["heads"][0]
+    cfg, cat = ready(where="run", train={"epochs": 3, "variants": ["au_tdn"], "folds": [1]})
+    _kill_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        train_stage.run(cfg, cat, progress=False)
-    folder = cat.head_dir("mini", "au_tdn", 1, train_stage.head_name(cfg, Variant.AU_TDN))
+        _train(cfg)
+    folder = cat.head_dir(cfg, Variant.AU_TDN, 1)
     assert sorted(p.name for p in folder.glob("*.pt")) == ["epoch002.pt"]
     monkeypatch.undo()
-    resumed = train_stage.run(cfg, cat, progress=False)["heads"][0]
+    resumed = _train(cfg)["heads"][0]
     assert resumed["resumed_from_epoch"] == 2
     assert [e["epoch"] for e in resumed["history"]] == [1, 2, 3]
-    a, b = torch.load(ref["path"], weights_only=False), torch.load(resumed["path"], weights_only=False)
+    a, b = (torch.load(h["path"], weights_only=True) for h in (ref, resumed))
     for k, v in a["state_dict"].items():
         assert torch.allclose(v.float(), b["state_dict"][k].float(), atol=1e-6), k
     assert [e["loss"] for e in a["history"]] == pytest.approx([e["loss"] for e in b["history"]], abs=1e-6)
-    params = train_stage.train_params(cfg, Variant.AU_TDN)
-    assert is_current(resumed["path"], config=params, code=train_stage._code(),
-                      inputs=train_stage._inputs(cfg, cat, Variant.AU_TDN, 1))
+    assert _train(cfg)["heads"][0]["skipped"]
+
+
+def test_resume_only_from_a_checkpoint_of_the_same_key(ready, monkeypatch):
+    cfg, cat = ready(train={"epochs": 3, "variants": ["au_fan"], "folds": [1]})
+    _kill_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _train(cfg)
+    monkeypatch.undo()
+    csv = Path(cfg.dataset.manifest_file)
+    df = pd.read_csv(csv, keep_default_na=False)
+    df.loc[20, "AU02"] = 1 - int(df.loc[20, "AU02"])  # a training label of fold 1 changes
+    df.to_csv(csv, index=False)
+    run_stages(cfg, "manifest")
+    again = _train(cfg)["heads"][0]
+    assert again["resumed_from_epoch"] == 0 and [e["epoch"] for e in again["history"]] == [1, 2, 3]
+
+
+def test_forced_unit_trains_from_scratch(ready, monkeypatch):
+    cfg, cat = ready(train={"epochs": 3, "variants": ["au_fan"], "folds": [1]})
+    _kill_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _train(cfg)
+    monkeypatch.undo()
+    forced = _train(cfg, force=True)["heads"][0]
+    assert forced["resumed_from_epoch"] == 0 and [e["epoch"] for e in forced["history"]] == [1, 2, 3]
+
+
+def test_flipped_label_retrains_only_the_folds_that_train_on_it(ready):
+    cfg, cat = ready(train={"variants": ["au_fan"]})
+    first = _train(cfg)
+    csv = Path(cfg.dataset.manifest_file)
+    df = pd.read_csv(csv, keep_default_na=False)
+    df.loc[0, "AU01"] = 1 - int(df.loc[0, "AU01"])  # subject S0 = test fold 1
+    df.to_csv(csv, index=False)
+    run_stages(cfg, "manifest", "faces", "features")
+    second = _train(cfg)
+    assert [h["skipped"] for h in second["heads"]] == [True, False, False]  # folds 1, 2, 3
+    assert first["heads"][0]["path"] == second["heads"][0]["path"]
 
 
 def test_chunk_local_batches_cover_every_sample_once_with_locality():

@@ -16,9 +16,10 @@ from pipeline.manifest import ManifestReport, finalize
 from pipeline.models.heads import build_head
 from pipeline.models.vae import FrozenEncoder, LabelVAE, fit_vae, load_prior, prior_metrics
 from stages import prior as prior_stage
-from stages.train import fit
+from stages import runner
+from pipeline.training import fit
 from store.catalog import Catalog
-from store.provenance import read_provenance, write_provenance, write_table
+from store.provenance import read_provenance
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 BP4D_LABELS = SHARED / "data" / "labels" / "bp4d_au_occurrence.parquet"
@@ -127,14 +128,7 @@ def test_real_bp4d_labels_reconstructed_and_cooccurrence_reproduced():
     assert m["cooc_l2"] < 0.6 * indep_l2
 
 
-def _write_manifest(catalog: Catalog, name: str, df: pd.DataFrame) -> None:
-    table = finalize(df, name, AUSet.BP4D, ManifestReport())
-    write_table(catalog.manifest(name), table)
-    write_provenance(catalog.manifest(name), stage="manifest", config={}, code="test",
-                     inputs={"rows": str(len(df))})
-
-
-def test_prior_stage_per_fold(tmp_path):
+def test_prior_stage_per_fold(tmp_path, write_image):
     df = _bp4d()
     # two subjects per fold, 300 frames each: small but real label vectors
     parts = [g.head(300) for _, g in df.groupby("subject") if g["subject"].iloc[0] in
@@ -142,12 +136,15 @@ def test_prior_stage_per_fold(tmp_path):
     small = pd.concat(parts).rename(columns={"task": "session"})
     small[COLS] = small[COLS].astype("Int8")
     small.loc[small.index[:7], "AU01"] = pd.NA  # unknown labels: left out and counted
+    write_image(tmp_path / "data" / "x.png")  # the prior reads labels only: one image for all
+    small.assign(image_path="x.png")[["subject", "session", "frame", "fold", "image_path", *COLS]] \
+        .to_csv(tmp_path / "data" / "manifest.csv", index=False)
     cat = Catalog(tmp_path / "store")
-    _write_manifest(cat, "mini", small[["subject", "session", "frame", "fold", *COLS]])
-    cfg = RunConfig(dataset=DatasetConfig(name="mini", layout=Layout.MANIFEST, root=tmp_path,
-                                          au_set=AUSet.BP4D),
+    cfg = RunConfig(dataset=DatasetConfig(name="mini", layout=Layout.MANIFEST, root=tmp_path / "data",
+                                          au_set=AUSet.BP4D, folds="column"),
                     store=tmp_path / "store", prior=PriorConfig(epochs=3, holdout_fraction=0.3))
-    summary = prior_stage.run(cfg, cat, progress=False)
+    runner.execute("manifest", cfg, cat, progress=False)
+    summary = runner.execute("prior", cfg, cat, progress=False)
     assert [f["fold"] for f in summary["folds"]] == [1, 2, 3]
     for f in summary["folds"]:
         m = f["metrics"]
@@ -159,6 +156,6 @@ def test_prior_stage_per_fold(tmp_path):
         assert read_provenance(Path(f["path"]))["metrics"] == m
     # F001 is in fold 3: its 7 unknown frames are training frames of folds 1 and 2 only
     assert [f["metrics"]["n_unknown_left_out"] for f in summary["folds"]] == [7, 7, 0]
-    again = prior_stage.run(cfg, cat, progress=False)
+    again = runner.execute("prior", cfg, cat, progress=False)
     assert all(f["skipped"] for f in again["folds"])
     assert "lambda=" in prior_stage.format_summary(again)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from face_alignment.models.fan import FAN
 
 from pipeline.config import Backbone, FeaturesConfig
+from pipeline.errors import UserError
 from pipeline.hashing import file_sha256
 
 N_STACKS = 2  # stacks built and run
@@ -34,11 +35,8 @@ FEATURE_STRIDE = 4  # 256 -> 64
 FA_2DFAN4_KEY = "2DFAN-4"  # face-alignment's models_urls key for its released 2D FAN
 
 
-class WeightsError(ValueError):
-    """No usable backbone weights: missing file, wrong keys or shapes, no opt-in for random.
-
-    A ValueError: bad input the user fixes in the config (the command line prints it plainly).
-    """
+class WeightsError(UserError, ValueError):
+    """No usable backbone weights: missing file, wrong keys or shapes, no opt-in for random."""
 
 
 class FrozenFAN(FAN):
@@ -174,6 +172,26 @@ def _how_to_supply() -> str:
             "demo only")
 
 
+def weights_identity(cfg: FeaturesConfig) -> str:
+    """The id of the weights `load_backbone` would load, without building the model.
+
+    A local file: its SHA-256. face-alignment's download: the released file's name (it carries
+    the file's hash). Random: "random-seed{N}". No weights configured: WeightsError.
+    """
+    if cfg.weights is not None:
+        path = Path(cfg.weights)
+        if not path.is_file():
+            raise WeightsError(f"FAN checkpoint not found: {path} (features.weights)")
+        return file_sha256(path)
+    if cfg.allow_download:
+        from face_alignment.api import models_urls
+
+        return "download-" + Path(models_urls[FA_2DFAN4_KEY].split("?")[0]).stem
+    if cfg.allow_random_weights:
+        return f"random-seed{cfg.seed}"
+    raise WeightsError("no FAN weights configured; " + _how_to_supply())
+
+
 def load_backbone(cfg: FeaturesConfig) -> tuple[FrozenFAN, str, dict]:
     """Build the frozen backbone and load its weights: (model on CPU, weights_id, info).
 
@@ -202,7 +220,8 @@ def load_backbone(cfg: FeaturesConfig) -> tuple[FrozenFAN, str, dict]:
         except Exception as e:  # noqa: BLE001 - network errors come in many types
             raise WeightsError(f"downloading {models_urls[FA_2DFAN4_KEY]} failed: {e}; "
                                + _how_to_supply()) from None
-        weights_id, notes = load_checkpoint_file(model, path)
+        _, notes = load_checkpoint_file(model, path)
+        weights_id = weights_identity(cfg)
         info.update(notes, source="download", url=models_urls[FA_2DFAN4_KEY])
     elif cfg.allow_random_weights:
         with torch.random.fork_rng(devices=[]):

@@ -74,7 +74,7 @@ class FrozenEncoder(nn.Module):
 
 def load_prior(path, map_location: str = "cpu") -> tuple[LabelVAE, dict]:
     """Load a prior saved by stages.prior: (vae, saved dict without the weights)."""
-    blob = torch.load(path, map_location=map_location, weights_only=False)
+    blob = torch.load(path, map_location=map_location, weights_only=True)
     vae = LabelVAE(blob["n_aus"], blob["latent"])
     vae.load_state_dict(blob["state_dict"])
     vae.eval()

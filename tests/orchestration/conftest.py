@@ -35,9 +35,10 @@ def tiny_config(tmp: Path, **extra) -> Path:
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime_ns) of every file under root, lock files excluded."""
+    """(size, mtime_ns) of every artifact under root (locks and the file-hash cache excluded)."""
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+            for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock")
+            and ".cache" not in p.relative_to(root).parts}
 
 
 @pytest.fixture(scope="session")

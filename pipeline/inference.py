@@ -1,43 +1,11 @@
-"""Head checkpoints: save / load, and batched prediction from a feature store.
-
-Checkpoint (torch.save dict; docs/architecture.md "Heads"): state_dict, variant, au_set,
-au_columns, n_aus, train_config, epoch, optimizer, scheduler, rng, inputs, key, history.
-"""
+"""Batched prediction of a head over frames of a feature store (evaluation and prediction)."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from pipeline.batches import batch_buffer, gather_shifted, read_unique
-from pipeline.config import Variant
-from pipeline.models.heads import build_head
-from store.provenance import atomic_path
-
-
-def save_checkpoint(path: Path, blob: dict) -> None:
-    """Atomic: a killed run leaves the previous file or this one, never half of one."""
-    with atomic_path(Path(path), ".pt") as tmp:
-        torch.save(blob, tmp)
-
-
-def read_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or foreign file: name it
-        raise ValueError(f"cannot read head checkpoint {path}: {e}") from None
-
-
-def load_head(path: str | Path) -> tuple[nn.Module, dict]:
-    """(model in eval mode, the checkpoint's metadata without weights and optimizer state)."""
-    blob = read_checkpoint(Path(path))
-    model = build_head(Variant(blob["variant"]), int(blob["n_aus"]))
-    model.load_state_dict(blob["state_dict"])
-    model.eval()
-    meta = {k: v for k, v in blob.items() if k not in ("state_dict", "optimizer", "scheduler", "rng")}
-    return model, meta
 
 
 def predict(model: nn.Module, store, rows: np.ndarray, triplets: np.ndarray | None = None,

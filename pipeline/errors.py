@@ -1,0 +1,52 @@
+"""The one family of user-facing errors.
+
+A `UserError` is bad input or a state the user fixes (a config key, a missing file, a stale
+artifact, a locked store): the command line prints its message alone, on one line where it can,
+and exits non-zero. Anything else is a bug and keeps its traceback. Each subclass also derives
+from the built-in exception callers would naturally catch (ValueError, FileNotFoundError).
+"""
+from __future__ import annotations
+
+import errno
+
+# OSErrors that are the machine's state, not a bug: reported in one line naming the path
+_STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                   errno.EPERM: "operation not permitted"}
+
+
+class UserError(Exception):
+    """Something the user fixes; the message names the file, row or key and what to do."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config file or override that cannot be used."""
+
+
+class InputError(UserError, ValueError):
+    """Bad dataset input (labels, manifests, media); names file and line or frame."""
+
+
+class MissingArtifact(UserError, FileNotFoundError):
+    """An artifact a stage needs does not exist; the message says which command makes it."""
+
+
+class StaleArtifact(UserError):
+    """An artifact exists but was made from other inputs, settings or code than asked for."""
+
+
+class StoreLocked(UserError):
+    """Another run writes (or reads) what this run needs."""
+
+
+class StoreWriteError(UserError):
+    """The store cannot be written (full disk, read-only, permissions); names the path."""
+
+
+def storage_message(e: BaseException) -> str | None:
+    """One line for a full disk, a read-only store or missing permissions; None otherwise."""
+    if not isinstance(e, OSError) or e.errno not in _STORAGE_ERRNOS:
+        return None
+    where = e.filename or "the store"
+    return (f"{_STORAGE_ERRNOS[e.errno]} writing {where}; free space or fix permissions, then "
+            "run the command again (finished work is kept)")

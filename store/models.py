@@ -1,0 +1,149 @@
+"""Label priors and heads in the store: their content keys, checks, checkpoint files.
+
+A prior of fold k is computed from the training labels of fold k (the manifest's `train[k]`
+content key). A head of (variant, fold k) is computed from:
+
+    train_labels   the manifest's train[k] key (labels outside test fold k, and the frame list)
+    features       the keys of the feature shards that hold fold k's training rows
+    prior          the prior's key (AU-VAE, AUNet)
+    init           the initialising head's key (train.init_from)
+
+so a head is retrained exactly when something it was trained on changed. Checkpoints are loaded
+with `weights_only=True` (no arbitrary objects are unpickled) and verified against the SHA-256
+their provenance recorded before they are trusted.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.config import RunConfig, Variant
+from pipeline.errors import MissingArtifact, StaleArtifact
+from pipeline.models.heads import build_head
+from store import features as feature_store
+from store import manifests
+from store.catalog import Catalog
+from store.codekey import code_key
+from store.identity import head_identity, init_source, prior_identity
+from store.provenance import artifact_key, atomic_path, fingerprint, read_provenance, trusted
+
+PRIOR_CODE = "stages.prior"
+HEAD_CODE = "stages.train"
+STATE_KEYS = ("state_dict", "optimizer", "scheduler", "rng")
+
+
+# -- priors -------------------------------------------------------------------------------------
+def prior_inputs(manifest_rec: dict, fold: int) -> dict:
+    return {"train_labels": manifest_rec["keys"]["train"][str(fold)]}
+
+
+def prior_key(cfg: RunConfig, manifest_rec: dict, fold: int) -> str:
+    return artifact_key(prior_identity(cfg), prior_inputs(manifest_rec, fold), code_key(PRIOR_CODE))
+
+
+def checked_prior(cfg: RunConfig, catalog: Catalog, fold: int, manifest_rec: dict) -> Path:
+    path = catalog.prior(cfg, fold)
+    if not path.exists():
+        raise MissingArtifact(f"no label prior for fold {fold} at {path}; run `aunet prior` first")
+    if trusted(path, prior_key(cfg, manifest_rec, fold)) is None:
+        raise StaleArtifact(f"label prior {path} was trained on other labels, settings or code "
+                            "than this config's (or was changed since); run `aunet prior` first")
+    return path
+
+
+# -- heads --------------------------------------------------------------------------------------
+def training_shards(folds: np.ndarray, fold: int, frames_per_shard: int) -> list[int]:
+    """Shards holding at least one row outside test fold `fold`."""
+    rows = np.flatnonzero(np.asarray(folds) != fold)
+    return sorted(set((rows // frames_per_shard).tolist()))
+
+
+def init_head(cfg: RunConfig, variant: Variant, fold: int) -> Path | None:
+    """The final head that initialises this one (train.init_from), checked trusted."""
+    src = init_source(cfg)
+    if src is None:
+        return None
+    path = Catalog(src.store).head_checkpoint(src, variant, fold)
+    rec = read_provenance(path)
+    if rec is None or trusted(path, rec.get("key", "")) is None:
+        raise MissingArtifact(f"train.init_from={cfg.train.init_from}: no final {Variant(variant).value} "
+                              f"head of fold {fold} at {path}; train that config first "
+                              f"(`aunet train --config {cfg.train.init_from}`)")
+    return path
+
+
+def head_inputs(cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int,
+                manifest_rec: dict, shard_keys: list[str], folds: np.ndarray) -> dict:
+    variant = Variant(variant)
+    used = training_shards(folds, fold, cfg.features.frames_per_shard)
+    out = {"train_labels": manifest_rec["keys"]["train"][str(fold)],
+           "features": fingerprint([shard_keys[s] for s in used])}
+    if variant.uses_prior:
+        out["prior"] = read_provenance(checked_prior(cfg, catalog, fold, manifest_rec))["key"]
+    src = init_head(cfg, variant, fold)
+    if src is not None:
+        out["init"] = read_provenance(src)["key"]
+    return out
+
+
+class HeadInputs:
+    """What every head of one config reads, checked once: manifest, features, folds."""
+
+    def __init__(self, cfg: RunConfig, catalog: Catalog):
+        self.cfg, self.catalog = cfg, catalog
+        self.manifest = manifests.checked(cfg, catalog)
+        self.features = feature_store.checked(cfg, catalog)
+        self.shard_keys = feature_store.expected_keys(cfg, catalog)
+        self.folds = manifests.load(catalog, cfg.dataset.name, ["fold"]).column("fold").to_numpy()
+
+    def inputs(self, variant: Variant, fold: int) -> dict:
+        return head_inputs(self.cfg, self.catalog, variant, fold, self.manifest, self.shard_keys,
+                           self.folds)
+
+    def key(self, variant: Variant, fold: int) -> str:
+        return artifact_key(head_identity(self.cfg, variant), self.inputs(variant, fold),
+                            code_key(HEAD_CODE))
+
+
+def checked_head(cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int,
+                 heads: HeadInputs | None = None) -> Path:
+    """The final head this config asks for, current; MissingArtifact / StaleArtifact otherwise."""
+    path = catalog.head_checkpoint(cfg, variant, fold)
+    v = Variant(variant).value
+    if not path.exists():
+        raise MissingArtifact(f"no trained {v} head for fold {fold} of this config at {path}; "
+                              f"run `aunet train` first")
+    heads = heads or HeadInputs(cfg, catalog)
+    if trusted(path, heads.key(variant, fold)) is None:
+        raise StaleArtifact(f"{v} head of fold {fold} at {path} was trained on other data, "
+                            "settings or code than this config's (or was changed since); run "
+                            "`aunet train` first")
+    return path
+
+
+# -- checkpoint files ---------------------------------------------------------------------------
+def save_checkpoint(path: Path, blob: dict) -> None:
+    """Atomic: a killed run leaves the previous file or this one, never half of one."""
+    with atomic_path(Path(path), ".pt") as tmp:
+        torch.save(blob, tmp)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A head or prior checkpoint; weights_only=True: tensors and plain data, nothing else."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign file: name it
+        raise StaleArtifact(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); rerun the "
+                            "stage that wrote it with --force") from None
+
+
+def load_head(path: str | Path) -> tuple[nn.Module, dict]:
+    """(model in eval mode, the checkpoint's metadata without weights and optimizer state)."""
+    blob = read_checkpoint(Path(path))
+    model = build_head(Variant(blob["variant"]), int(blob["n_aus"]))
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return model, {k: v for k, v in blob.items() if k not in STATE_KEYS}
