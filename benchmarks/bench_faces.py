@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import RunConfig
-from stages import faces, manifest
+from stages import runner
 from store.catalog import Catalog
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -44,11 +44,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _config(Path(tmp))
         cat = Catalog(cfg.store)
-        manifest.run(cfg, cat)
-        faces.run(cfg, cat, progress=False)  # warm-up: weights, imports, page cache
+        runner.execute("manifest", cfg, cat, progress=False)
+        runner.execute("faces", cfg, cat, progress=False)  # warm-up: weights, imports, page cache
         for i in range(args.repeats):
             t0 = time.perf_counter()
-            s = faces.run(cfg, cat, progress=False, force=True)
+            s = runner.execute("faces", cfg, cat, progress=False, force=True)
             wall = time.perf_counter() - t0
             total = sum(s["timing"].values()) or 1.0
             shares = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in s["timing"].items())

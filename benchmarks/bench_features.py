@@ -20,11 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import cv2
+import pandas as pd
 import zarr
 
-import stages.features as sf
+from pipeline.align import template
 from pipeline.config import DatasetConfig, FacesConfig, FeaturesConfig, RunConfig
+from stages import runner
+from stages.features_compute import backbone
 from store.catalog import Catalog
+from store.crops import CropStore
 from store.features import FeatureStore, create_feature_store, shard_range, write_shard
 
 CROP = 256
@@ -34,26 +39,32 @@ FLOAT16_TINY = 6.1e-5  # smallest normal float16: relative error is measured abo
 
 def make_config(root: Path, frames_per_shard: int, batch_size: int, codec: str) -> RunConfig:
     return RunConfig(
-        dataset=DatasetConfig(name="bench", layout="demo", root=root / "data", au_set="bp4d"),
+        dataset=DatasetConfig(name="bench", layout="manifest", root=root / "data", au_set="bp4d",
+                              folds="column", manifest_file=root / "data" / "m.csv"),
         store=root / "store", faces=FacesConfig(detector="provided"),
         features=FeaturesConfig(allow_random_weights=True, frames_per_shard=frames_per_shard,
                                 batch_size=batch_size, device="cpu", codec=codec))
 
 
 def write_crops(cfg: RunConfig, catalog: Catalog, n: int) -> np.ndarray:
-    """A finished crop store of smooth face-sized images (not noise: FAN sees structure)."""
+    """A finished crop store of smooth face-sized images (not noise: FAN sees structure), made
+    by the real manifest and faces stages from images whose landmarks are the crop template."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:CROP, 0:CROP] / CROP
-    pix = np.empty((n, CROP, CROP, 3), dtype=np.uint8)
+    root = Path(cfg.dataset.root)
+    root.mkdir(parents=True, exist_ok=True)
+    points = " ".join(f"{v:.3f}" for v in template(CROP, cfg.faces.eye_distance).ravel())
+    rows = []
     for i in range(n):
         f = rng.uniform(2, 8, 3)
         img = np.stack([np.sin(f[c] * xx + f[(c + 1) % 3] * yy + i) for c in range(3)], -1)
-        pix[i] = ((img + 1) * 127.5).astype(np.uint8)
-    g = zarr.open_group(str(sf.crops_path(cfg, catalog)), mode="w", zarr_format=3)
-    g.create_array("crops", data=pix, chunks=(64, CROP, CROP, 3))
-    g.create_array("success", data=np.ones(n, dtype=bool))
-    g.attrs["provenance"] = {"key": "bench-crops"}
-    return pix
+        cv2.imwrite(str(root / f"{i:05d}.png"), ((img + 1) * 127.5).astype(np.uint8))
+        rows.append({"subject": "s", "fold": 1, "frame": i, "image_path": f"{i:05d}.png",
+                     "landmarks": points})
+    pd.DataFrame(rows).to_csv(cfg.dataset.manifest_file, index=False)
+    for stage in ("manifest", "faces"):
+        runner.execute(stage, cfg, catalog, progress=False)
+    return CropStore(catalog.crops(cfg)).read(np.arange(n))
 
 
 def bare_loop(model, pix: np.ndarray, batch_size: int) -> float:
@@ -70,7 +81,7 @@ def throughput(args, root: Path) -> np.ndarray:
     cfg = make_config(root, args.frames_per_shard, args.batch_size, args.codec)
     catalog = Catalog(cfg.store)
     pix = write_crops(cfg, catalog, args.frames)
-    model, _, _ = sf.backbone(cfg)
+    model, _, _ = backbone(cfg)
     bare_loop(model, pix[:args.batch_size], args.batch_size)  # warm-up: first-call allocations
     # interleaved repeats, best of each: the CPU is shared, and the minimum is the least
     # disturbed measurement of either side
@@ -78,7 +89,7 @@ def throughput(args, root: Path) -> np.ndarray:
     for rep in range(args.repeats):
         bares.append(bare_loop(model, pix, args.batch_size))
         t0 = time.perf_counter()
-        s = sf.run(cfg, catalog, force=True, progress=False)  # force: recompute every shard
+        s = runner.execute("features", cfg, catalog, force=True, progress=False)  # every shard
         stages.append(time.perf_counter() - t0)
     bare, stage = min(bares), min(stages)
     n = args.frames
