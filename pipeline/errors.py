@@ -27,6 +27,10 @@ class InputError(UserError, ValueError):
     """Bad dataset input (labels, manifests, media); names file and line or frame."""
 
 
+class MissingInput(InputError, FileNotFoundError):
+    """A dataset file or folder the config names does not exist."""
+
+
 class MissingArtifact(UserError, FileNotFoundError):
     """An artifact a stage needs does not exist; the message says which command makes it."""
 

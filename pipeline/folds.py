@@ -11,6 +11,7 @@ from sklearn.model_selection import GroupKFold
 
 from pipeline.aus import AUSet
 from pipeline.config import DatasetConfig, FoldScheme, Layout
+from pipeline.errors import ConfigError, InputError
 from pipeline.manifest import ManifestReport
 
 STANDARD_FOLDS: dict[Layout, dict[int, tuple[str, ...]]] = {
@@ -32,7 +33,7 @@ _LAYOUT_OF_AU_SET = {AUSet.BP4D: Layout.BP4D, AUSet.DISFA: Layout.DISFA}
 
 def standard_fold_of(layout: Layout) -> dict[str, int]:
     if layout not in STANDARD_FOLDS:
-        raise ValueError(f"no standard folds are built in for layout '{layout.value}'; "
+        raise ConfigError(f"no standard folds are built in for layout '{layout.value}'; "
                          "use folds: kfold")
     return {s: k for k, subjects in STANDARD_FOLDS[layout].items() for s in subjects}
 
@@ -41,7 +42,8 @@ def kfold_of(subjects: list[str], n_folds: int, seed: int = 0) -> dict[str, int]
     """Subject-exclusive k-fold (scikit-learn GroupKFold over a seeded subject order)."""
     uniq = sorted(set(subjects))
     if len(uniq) < n_folds:
-        raise ValueError(f"{len(uniq)} subjects cannot make {n_folds} subject-exclusive folds")
+        raise InputError(f"{len(uniq)} subjects cannot make {n_folds} subject-exclusive folds; "
+                         "set dataset.n_folds lower")
     order = np.random.default_rng(seed).permutation(len(uniq))
     groups = np.array(uniq)[order]
     out: dict[str, int] = {}
@@ -55,7 +57,9 @@ def assign_folds(df: pd.DataFrame, cfg: DatasetConfig, report: ManifestReport) -
     """Set the `fold` column; subjects in no fold are bad input (named)."""
     if cfg.folds is FoldScheme.COLUMN:
         if "fold" not in df or df["fold"].isna().any():
-            raise ValueError(f"dataset '{cfg.name}': folds: column needs a fold for every row")
+            n = len(df) if "fold" not in df else int(df["fold"].isna().sum())
+            raise InputError(f"dataset '{cfg.name}': folds: column needs a `fold` value (an "
+                             f"integer >= 0) on every row; {n} rows have none")
         return df.assign(fold=df["fold"].astype(int))
     # BP4D or DISFA in another layout (the community list format, a user manifest) still gets
     # its standard folds, recognised by its AU set.

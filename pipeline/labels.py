@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from pipeline.errors import InputError
 
 
 def positive_rates(y: np.ndarray) -> np.ndarray:
@@ -20,7 +21,8 @@ def class_weights(y: np.ndarray, normalise_to: str = "one") -> np.ndarray:
     """
     r = positive_rates(y)
     if np.all(~np.isfinite(r) | (r <= 0)):
-        raise ValueError("no AU has a positive frame: class weights are undefined")
+        raise InputError("no AU has a positive frame in the training labels: class weights "
+                         "are undefined; check the labels (or the fold) of this dataset")
     floor = np.nanmin(r[r > 0])
     r = np.where(np.isfinite(r) & (r > 0), r, floor)
     inv = 1.0 / r

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import RunConfig, Variant
+from pipeline.errors import ConfigError, StaleArtifact
 from pipeline.inference import predict
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.temporal import triplet_rows
@@ -118,7 +119,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: EvalUnit, progress=None) ->
     model, meta = load_head(unit.checkpoint)
     store = feature_store.FeatureStore(unit.features)
     if store.n_frames != len(df):
-        raise ValueError(f"feature store {store.path} has {store.n_frames} frames but the manifest "
+        raise StaleArtifact(f"feature store {store.path} has {store.n_frames} frames but the manifest "
                          f"of '{unit.eval_dataset}' has {len(df)} rows; rerun `aunet features`")
     test = np.flatnonzero(df["fold"].to_numpy() == unit.fold)  # (n,)
     face = store.valid[test]
@@ -173,7 +174,7 @@ def _scored(pred: pd.DataFrame, catalog: Catalog) -> dict[str, list[str]]:
         labelled = set(manifests.au_set(catalog, ev).columns)
         out[ev] = [a for a in model_aus if a in labelled]
         if not out[ev]:
-            raise ValueError(f"dataset '{ev}' labels none of the models' AUs {model_aus}")
+            raise ConfigError(f"dataset '{ev}' labels none of the models' AUs {model_aus}")
     return out
 
 

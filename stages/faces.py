@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from pipeline.align import template
 from pipeline.config import FacesConfig, RunConfig
 from pipeline.detect import Detector, FaceStatus, make_detector
+from pipeline.errors import StaleArtifact
 from stages.contract import Plan, UnitResult
 from stages.faces_frames import process_rows
 from store import crops as crop_store
@@ -120,7 +121,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: FacesUnit, progress=None) -
     """Detect, choose, align and write one block; per-frame failures are recorded, not raised."""
     rows = manifest_rows(Path(unit.manifest)).slice(unit.start, unit.stop - unit.start)
     if rows.column("row").to_pylist() != list(range(unit.start, unit.stop)):
-        raise ValueError(f"{unit.manifest}: rows {unit.start}..{unit.stop - 1} are not numbered "
+        raise StaleArtifact(f"{unit.manifest}: rows {unit.start}..{unit.stop - 1} are not numbered "
                          "in order; rebuild the manifest")
     data, errors, timing = process_rows(rows.to_pylist(), cfg.faces, _detector(cfg.faces),
                                         sequence_images=unit.sequence)

@@ -19,6 +19,7 @@ import numpy as np
 import zarr
 
 from pipeline.config import RunConfig
+from pipeline.errors import StaleArtifact
 from pipeline.models.fan import FEATURE_CHANNELS, FEATURE_STRIDE, weights_identity
 from stages.contract import Plan, UnitResult
 from stages.features_compute import backbone, compute_shard, device_for
@@ -109,7 +110,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: FeaturesUnit, progress=None
     t0 = time.perf_counter()
     model, weights_id, _ = backbone(cfg)
     if weights_id != unit.weights:
-        raise ValueError(f"backbone weights changed since planning ({weights_id} != "
+        raise StaleArtifact(f"backbone weights changed since planning ({weights_id} != "
                          f"{unit.weights}); plan again")
     device = device_for(cfg)
     model = model.to(device)

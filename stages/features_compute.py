@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.config import RunConfig
+from pipeline.errors import InputError
 from pipeline.models.fan import FEATURE_CHANNELS, FEATURE_STRIDE, FrozenFAN, load_backbone
 
 PIXEL_SCALE = 255.0  # uint8 crops -> [0, 1]; the FAN takes no mean/std normalisation
@@ -58,7 +59,7 @@ def _check_finite(stored: torch.Tensor, rows: np.ndarray, src: str) -> None:
     if torch.isfinite(stored.amax()) and torch.isfinite(stored.amin()):
         return
     ok = torch.isfinite(stored).flatten(1).all(dim=1).cpu().numpy()  # (B,)
-    raise ValueError(f"NaN/Inf (or beyond the store dtype's range) in FAN features of crop "
+    raise InputError(f"NaN/Inf (or beyond the store dtype's range) in FAN features of crop "
                      f"store {src} rows {rows[~ok].tolist()}; nothing of this shard was "
                      f"written")
 

@@ -30,6 +30,9 @@ class ManifestUnit:
 
     size = 0
 
+    def __str__(self) -> str:  # task names in Prefect
+        return self.name
+
 
 def reads(cfg: RunConfig) -> list[tuple[str, str]]:
     return []

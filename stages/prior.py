@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.config import RunConfig
+from pipeline.errors import InputError, StaleArtifact
 from pipeline.folds import holdout_subjects
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.models.vae import fit_vae, negative_elbo, prior_metrics
@@ -39,6 +40,9 @@ class PriorUnit:
         return f"fold{self.fold}"
 
     size = 0
+
+    def __str__(self) -> str:  # task names in Prefect
+        return self.name
 
 
 def reads(cfg: RunConfig) -> list[tuple[str, str]]:
@@ -94,7 +98,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: PriorUnit, progress=None) -
     n_unknown = int((train & ~known).sum())
     rows = train & known
     if not rows.any():
-        raise ValueError(f"dataset '{unit.dataset}' fold {unit.fold}: no fully-labelled training "
+        raise InputError(f"dataset '{unit.dataset}' fold {unit.fold}: no fully-labelled training "
                          f"frame to train the label prior on ({n_unknown} left out as unknown)")
     subjects = df["subject"].astype(str).to_numpy()
     lambdas = tuple(cfg.prior.lambdas)
@@ -129,7 +133,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: PriorUnit, progress=None) -
                  inputs=inputs(manifests.record(catalog, unit.dataset), unit.fold),
                  code=code_key("stages.prior"), extra={"metrics": metrics, "selection": selection})
     if rec["key"] != unit.key:
-        raise ValueError(f"{out}: the manifest changed while the prior trained; run again")
+        raise StaleArtifact(f"{out}: the manifest changed while the prior trained; run again")
     write_provenance(out, rec)
     return {"fold": unit.fold, "path": str(out), "metrics": metrics, "selection": selection,
             "skipped": False}

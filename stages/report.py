@@ -42,6 +42,9 @@ class ReportUnit:
 
     size = 0
 
+    def __str__(self) -> str:  # task names in Prefect
+        return self.name
+
 
 def _name(v: str) -> str:
     return VARIANT_NAMES.get(v, v)

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from store.provenance import atomic_path  # noqa: E402
+from pipeline.errors import ConfigError  # noqa: E402
 
 DPI = 110
 LABEL_COLOUR = "#d62728"  # labels in red, as the paper's Fig. 10
@@ -86,7 +87,8 @@ def timeline(pred: pd.DataFrame, aus: list[str], video: str, path: Path,
     """One video: per AU, the label (red band) and each variant's probability against frames."""
     v = pred[pred.video_id == video].sort_values("frame")
     if v.empty:
-        raise ValueError(f"video {video!r} has no predictions in this run")
+        raise ConfigError(f"eval.timeline_video: video {video!r} has no predictions in this run "
+                          "(give a video_id of a test-fold video)")
     variants = [x for x in VARIANT_COLOURS if x in set(v.variant)]
     fig, axes = plt.subplots(len(aus), 1, figsize=(9, 0.75 * len(aus) + 1.2), sharex=True,
                              squeeze=False)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.config import RunConfig, Variant
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputError, StaleArtifact
 from pipeline.labels import class_weights
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.models.heads import build_head, load_body
@@ -115,7 +115,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: TrainUnit, progress=None) -
     inputs = heads.inputs(variant, unit.fold)
     identity = head_identity(cfg, variant)
     if artifact_key(identity, inputs, code_key(HEAD_CODE)) != unit.key:
-        raise ValueError(f"{unit.name}: its inputs changed since planning; run again")
+        raise StaleArtifact(f"{unit.name}: its inputs changed since planning; run again")
     table = manifests.load(catalog, unit.dataset)
     au_set = au_set_of(table)
     df = table.select(["row", "video_id", "frame", "subject", "fold"]).to_pandas()
@@ -125,7 +125,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: TrainUnit, progress=None) -
     train = (df["fold"].to_numpy() != unit.fold) & valid & ~np.isnan(y).all(axis=1)
     rows = np.flatnonzero(train)
     if len(rows) < 2:
-        raise ValueError(f"dataset '{unit.dataset}' fold {unit.fold}: {len(rows)} training frames "
+        raise InputError(f"dataset '{unit.dataset}' fold {unit.fold}: {len(rows)} training frames "
                          "with features and labels; nothing to train on")
     counts = {}
     if variant.temporal:

@@ -248,7 +248,8 @@ class FeatureStore:
             self._features = self._group["features"]
             self._valid_arr = self._group["valid"]
         except KeyError as e:
-            raise ValueError(f"{self.path} is not a feature store (missing array {e})") from None
+            raise StaleArtifact(f"{self.path} is not a complete feature store (missing array {e}); "
+                                "run `aunet features`") from None
         self._valid: np.ndarray | None = None
 
     def __getstate__(self) -> dict:

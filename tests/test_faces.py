@@ -10,7 +10,8 @@ import zarr
 
 from pipeline.align import similarity, transform_points, warp
 from pipeline.config import FaceRule, FacesConfig, RunConfig, load_config
-from pipeline.detect import FaceStatus, keypoints_from_landmarks, make_detector
+from pipeline.detect import (Detections, Detector, FaceStatus, keypoints_from_landmarks,
+                             make_detector)
 from pipeline.video import iter_video, read_image
 from stages import faces, runner
 from store import manifests
@@ -142,29 +143,41 @@ def test_blazeface_keypoints_near_ground_truth(detector, name, tol):
 
 
 @needs_media
-def test_bad_input_is_recorded_per_frame_and_the_run_goes_on(tmp_path):
-    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
-    (tmp_path / "empty.mp4").write_bytes(b"")
-    gray = read_image(MEDIA / "landmarks" / "takeo.ppm").mean(2).astype(np.uint8)
+def test_bad_input_is_recorded_per_frame_and_the_run_goes_on(tmp_path, write_video):
+    """Media that went bad after the manifest was built: each frame fails on its own."""
+    import shutil
+
     import cv2
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    gray = read_image(MEDIA / "landmarks" / "takeo.ppm").mean(2).astype(np.uint8)
     cv2.imwrite(str(tmp_path / "gray.png"), gray)
     cv2.imwrite(str(tmp_path / "tiny.png"), np.full((10, 12, 3), 128, np.uint8))
+    write_video(tmp_path / "empty.mp4", 3)  # valid while the manifest is built ...
+    write_video(tmp_path / "clip.mp4", 501)  # ... and long enough for frame 500
     rows = [{"image_path": str(tmp_path / "corrupt.jpg")},
             {"image_path": str(tmp_path / "gray.png")},
             {"image_path": str(tmp_path / "tiny.png")},
             {"video_path": str(tmp_path / "empty.mp4"), "video_frame": 0},
-            *_video("single_face.mp4", [70, 500])]  # 500: beyond the 72-frame video
-    s, st = _run(_cfg(tmp_path, rows))
+            {"video_path": str(tmp_path / "clip.mp4"), "video_frame": 70},
+            {"video_path": str(tmp_path / "clip.mp4"), "video_frame": 500}]
+    cfg = _cfg(tmp_path, rows)
+    cat = Catalog(cfg.store)
+    runner.execute("manifest", cfg, cat, progress=False)
+    (tmp_path / "empty.mp4").write_bytes(b"")  # then truncated to nothing,
+    shutil.copy(MEDIA / "videos" / "single_face.mp4", tmp_path / "clip.mp4")  # and replaced (72)
+    s = runner.execute("faces", cfg, cat, progress=False)
+    st = CropStore(s["path"])
     got = {r: FaceStatus(int(c)).name.lower() for r, c in enumerate(st.reason)}
     df = manifests.load(Catalog(tmp_path / "art"), "t").to_pandas()
     by_path = {(Path(p).name if isinstance(p, str) else Path(v).name + f"#{int(f)}"): got[r]
                for r, p, v, f in zip(df.row, df.image_path, df.video_path, df.video_frame.fillna(-1))}
     assert by_path == {"corrupt.jpg": "unreadable_image", "gray.png": "ok", "tiny.png": "too_small",
-                       "empty.mp4#0": "video_unreadable", "single_face.mp4#70": "ok",
-                       "single_face.mp4#500": "frame_missing"}
+                       "empty.mp4#0": "video_unreadable", "clip.mp4#70": "ok",
+                       "clip.mp4#500": "frame_missing"}
     assert s["faces_found"] == 2 and sum(s["failures"].values()) == 4
     text = " ".join(s["errors"])
     assert "corrupt.jpg" in text and "empty.mp4" in text and "frame 500" in text
+    assert "frame 500 is beyond the video's end (72 decodable frames, the last is 71)" in text
 
 
 # -- demo dataset (provided landmarks): no media, no weights --------------------------------------
@@ -260,3 +273,44 @@ def test_dask_client_runs_the_units(tmp_path):
     assert s["computed_chunks"] == 5 and s["faces_found"] == local["faces_found"]
     _same(_arrays(local["path"]), _arrays(s["path"]))
     assert "faces:" in faces.format_summary(s)
+
+
+class _TwoFaces(Detector):
+    """Every frame: a big face on the right and, from the second frame on, a small one at the
+    left where the first frame's only face was."""
+
+    kind = None
+    files = {}
+
+    def detect_batch(self, images):
+        out = []
+        for img in images:
+            k = int(img[0, 0, 0])  # the row number is painted into the pixel
+            boxes = [[10, 10, 60, 60]] if k == 0 else [[12, 12, 50, 50], [100, 10, 190, 100]]
+            n = len(boxes)
+            kp = np.full((n, 5, 2), np.nan, np.float32)
+            out.append(Detections(np.asarray(boxes, np.float32), kp, np.ones(n, np.float32)))
+        return out
+
+
+@pytest.mark.parametrize("sequence,expect", [(False, 1), (True, 0)])
+def test_track_links_frames_of_a_video_never_unrelated_stills(tmp_path, sequence, expect):
+    """Stills of one subject (sequence False) each keep their largest face; frames of a video
+    (sequence True) follow the face of the previous frame."""
+    import cv2
+
+    from stages.faces_frames import process_rows
+
+    rows = []
+    for i in range(3):
+        img = np.zeros((120, 200, 3), np.uint8)
+        img[0, 0] = i
+        path = tmp_path / f"{i}.png"
+        cv2.imwrite(str(path), img)
+        rows.append({"row": i, "video_id": "s/", "frame": i, "image_path": str(path),
+                     "video_path": None, "video_frame": None, "landmarks": None,
+                     **{c: None for c in ("box_x0", "box_y0", "box_x1", "box_y1")}})
+    faces_cfg = FacesConfig(detector="provided", rule=FaceRule.TRACK, min_face_px=8)
+    data, _, _ = process_rows(rows, faces_cfg, _TwoFaces(), sequence_images=sequence)
+    chosen_left = data["boxes"][1:, 0] < 60  # rows 1, 2: the small face on the left?
+    assert data["success"].all() and (chosen_left == bool(expect == 0)).all()

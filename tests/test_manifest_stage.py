@@ -87,7 +87,7 @@ def test_skip_mode_report_is_saved_and_printed(tmp_path, tmp_store, write_image)
     assert summary["report"]["left_out"] == {"no_image": 1, "label_out_of_alphabet": 1}
     text = stage.format_summary(summary)
     assert "frames left out: 2" in text
-    assert "manifest.csv:5: image not found" in text and "manifest.csv:6: AU01 = 7" in text
+    assert "manifest.csv:5: image not found" in text and "manifest.csv:6: AU01 = '7'" in text
     assert "AU01 0.333" in text and "AU02 -" in text  # rate over known labels; '-' = none known
 
 

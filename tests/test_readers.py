@@ -125,7 +125,7 @@ BP4D_BAD = {  # name: (mutation of the root, reason, where, left out, rows kept)
     "file_name": (lambda r: (r / OCC / "F001T1.csv").write_text("0,1\n"),
                   "bad_file_name", "F001T1.csv", 1, 7),
     "duplicate": (lambda r: _append(r / OCC / "F001_T1.csv", "2" + ",0" * 99 + "\n"),
-                  "duplicate_frame", "video F001/T1 frame 2", 1, 7),
+                  "duplicate_frame", "F001_T1.csv:6: frame 2 is listed again", 1, 7),
     "no_fold": (lambda r: (write_bp4d_csv(r / OCC / "X999_T1.csv", [1]),
                            shutil.copytree(r / "images/F001", r / "images/X999")),
                 "subject_in_no_fold", "subject X999", 1, 7),
@@ -405,3 +405,60 @@ def test_generic_manifest_expands_a_video_row(generic, tmp_path):
 def test_generic_manifest_bad_label(generic, tmp_path):
     check_bad(generic, lambda r: _set_line(r / "manifest.csv", 2, "S1,img/a.jpg,,1,2,"),
               "label_out_of_alphabet", "manifest.csv:2", 1, 5, tmp_path)
+
+
+def _write_rows(root: Path, header: str, rows: list[str]) -> None:
+    (root / "manifest.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+
+
+def test_generic_text_label_fails_only_its_row(generic, tmp_path):
+    """A 'yes' in one row is that row's problem: raise names its line and value, skip keeps the
+    other rows (it used to turn the whole AU column into text and blame line 2)."""
+    def mutate(root):
+        _write_rows(root, "subject,image_path,fold,AU01", [
+            "S1,img/a.jpg,1,1", "S2,img/a.jpg,2,0", "S3,img/a.jpg,3,yes", "S4,img/a.jpg,1,"])
+    cfg = generic()
+    mutate(cfg.root)
+    with pytest.raises(ManifestError, match=r"manifest\.csv:4: AU01 = 'yes'"):
+        build(cfg, tmp_path)
+    df, report = build(cfg.model_copy(update={"on_bad_input": OnBadInput.SKIP}), tmp_path)
+    assert report.left_out == {"label_out_of_alphabet": 1} and list(df.subject) == ["S1", "S2", "S4"]
+    np.testing.assert_array_equal(label_matrix(df, AUSet.BP4D)[:, 0], [1, 0, NAN])
+
+
+@pytest.mark.parametrize("column", ["au01", "AU2", "AU_12", "au 4"])
+def test_generic_misspelt_au_column_is_refused_by_name(generic, tmp_path, column):
+    cfg = generic()
+    _write_rows(cfg.root, f"subject,image_path,fold,{column}", ["S1,img/a.jpg,1,1"])
+    with pytest.raises(ManifestError, match=rf"rename '{column}' \(write 'AU\d\d'\)"):
+        build(cfg, tmp_path)
+
+
+def test_generic_non_integer_fold_names_file_row_and_column(generic, tmp_path):
+    check_bad(generic, lambda r: _write_rows(r, "subject,image_path,fold,AU01",
+                                             ["S1,img/a.jpg,1,1", "S2,img/a.jpg,two,0"]),
+              "bad_fold", "manifest.csv:3: column fold = 'two'", 1, 1, tmp_path)
+
+
+@pytest.mark.parametrize("frame,reason", [("-1", "bad_video_frame"), ("5", "frame_out_of_range")])
+def test_generic_video_frame_outside_the_video_is_refused(generic, tmp_path, frame, reason):
+    check_bad(generic, lambda r: _write_rows(r, "subject,video_path,video_frame,fold,AU01",
+                                             ["S2,vid/clip.mp4,0,2,1", f"S2,vid/clip.mp4,{frame},2,0"]),
+              reason, "manifest.csv:3", 1, 1, tmp_path)
+
+
+def test_bp4d_header_only_label_file_is_reported(bp4d, tmp_path):
+    def mutate(root):
+        (root / "AUCoding" / "AU_OCC" / "F001_T1.csv").write_text(
+            ",".join(["0", *[str(n) for n in range(1, 100)]]) + "\n")
+    check_bad(bp4d, mutate, "empty_label_file", "F001_T1.csv", 1, 3, tmp_path)
+
+
+def test_bp4d_duplicate_frame_names_file_and_line(bp4d, tmp_path):
+    def mutate(root):
+        path = root / "AUCoding" / "AU_OCC" / "M003_T2.csv"
+        path.write_text(path.read_text() + path.read_text().splitlines()[1] + "\n")
+    check_bad(bp4d, mutate, "duplicate_frame", "M003_T2.csv:5: frame 7 is listed again", 1, 7,
+              tmp_path)
+    with pytest.raises(ManifestError, match=r"first at line 2"):
+        build(bp4d(), tmp_path)

@@ -56,8 +56,9 @@ def test_subject_test_and_bootstrap_deterministic():
     ref = stats.ttest_rel(fa, fb)
     assert s1["t"] == pytest.approx(ref.statistic) and s1["p"] == pytest.approx(ref.pvalue)
     b1 = bootstrap_f1_diff(a, b, y, subj, n_boot=300, seed=7)
-    b2 = bootstrap_f1_diff(a, b, y, subj[::-1][::-1].copy(), n_boot=300, seed=7)
-    assert b1 == b2
+    perm = np.random.default_rng(3).permutation(len(y))  # frame order must not matter
+    b2 = bootstrap_f1_diff(a[perm], b[perm], y[perm], subj[perm], n_boot=300, seed=7)
+    assert b1 == pytest.approx(b2)
     assert b1["lo"] <= b1["diff"] <= b1["hi"] and b1["diff"] > 0  # b has fewer errors
     b3 = bootstrap_f1_diff(a, b, y, subj, n_boot=300, seed=8)
     assert b3["diff"] == b1["diff"] and (b3["lo"], b3["hi"]) != (b1["lo"], b1["hi"])
@@ -77,3 +78,33 @@ def test_bootstrap_point_estimate_is_the_avg_f1_difference():
     face = np.ones(len(y), bool)
     f1 = [au_scores(p, y, face, aus).set_index("au").loc[AVG, "f1"] for p in (a, b)]
     assert res["diff"] == pytest.approx(f1[1] - f1[0])
+
+
+def test_significance_rows_sign_convention():
+    """The variant better than AU-FAN: t < 0 (scipy.ttest_rel(AU-FAN, variant), the paper's
+    Table XII) and diff = variant - AU-FAN > 0; swapping the two models flips both."""
+    import pandas as pd
+
+    from pipeline.config import EvalConfig
+    from stages.scoring import significance_rows
+
+    a, b, y, subjects = _pair(5, n=300)  # b (the variant) makes fewer errors
+    rows = []
+    for variant, pred in (("au_fan", a), ("aunet", b)):
+        for i in range(len(y)):
+            rows.append({"eval_dataset": "d", "variant": variant, "fold": 1, "row": i,
+                         "subject": subjects[i], "face_found": True,
+                         **{f"AU0{j + 1}_pred": pred[i, j] for j in range(4)},
+                         **{f"AU0{j + 1}_prob": pred[i, j] for j in range(4)},
+                         **{f"AU0{j + 1}_label": y[i, j] for j in range(4)}})
+    pred = pd.DataFrame(rows)
+    aus = ["AU01", "AU02", "AU03", "AU04"]
+    sig = significance_rows(pred, {"d": aus}, EvalConfig(bootstrap=50)).set_index("unit")
+    for unit in ("frame_accuracy", "frame_f1", "subject_f1"):
+        assert sig.loc[unit, "t"] < 0 and sig.loc[unit, "diff"] > 0, unit
+        assert sig.loc[unit, "mean_b"] > sig.loc[unit, "mean_a"]
+    assert sig.loc["avg_f1", "diff"] > 0
+    swapped = pred.assign(variant=pred.variant.map({"au_fan": "aunet", "aunet": "au_fan"}))
+    sig2 = significance_rows(swapped, {"d": aus}, EvalConfig(bootstrap=50)).set_index("unit")
+    for unit in ("frame_accuracy", "frame_f1", "subject_f1", "avg_f1"):
+        assert np.sign(sig2.loc[unit, "diff"]) == -np.sign(sig.loc[unit, "diff"]), unit

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from pipeline.config import DatasetConfig, Layout
-from pipeline.errors import MissingArtifact
+from pipeline.errors import MissingInput
 from pipeline.manifest import ManifestReport
 
 # Imported statically (not by name) so that the manifest stage's code key covers every reader.
@@ -26,6 +26,6 @@ WITH_INTENSITY = {Layout.DISFA}
 def read_dataset(cfg: DatasetConfig, report: ManifestReport) -> pd.DataFrame:
     """Rows for every labelled frame, before folds are assigned (columns: see manifest.py)."""
     if not cfg.root.exists() and cfg.layout is not Layout.DEMO:
-        raise MissingArtifact(f"dataset '{cfg.name}': root folder not found: {cfg.root} "
+        raise MissingInput(f"dataset '{cfg.name}': root folder not found: {cfg.root} "
                               "(set dataset.root)")
     return _READERS[cfg.layout].read(cfg, report)

@@ -19,6 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.config import DatasetConfig
+from pipeline.errors import MissingInput
 from pipeline.manifest import ManifestError, ManifestReport
 
 LABEL_DIR = ("AUCoding", "AU_OCC")
@@ -81,7 +82,10 @@ def _read_file(path: Path, subject: str, task: str, cfg: DatasetConfig, report: 
         return []
     (_, header), data = rows[0], rows[1:]
     cols = _au_columns(path, header, cfg.au_set.numbers, report, len(data))
-    if cols is None or not data:
+    if cols is None:
+        return []
+    if not data:  # a header and no rows: a whole subject-task would vanish without a word
+        report.bad("empty_label_file", str(path), "the label file has a header but no rows")
         return []
     folder = frames_dir / subject / task
     if not folder.is_dir():
@@ -90,6 +94,7 @@ def _read_file(path: Path, subject: str, task: str, cfg: DatasetConfig, report: 
         return []
     images, ambiguous = index_frames(folder, cfg.image_ext)
     out, used = [], set()
+    first_line: dict[int, int] = {}  # frame -> line it was first listed on
     for line, fields in data:
         where = f"{path}:{line}"
         if len(fields) != len(header):
@@ -100,6 +105,11 @@ def _read_file(path: Path, subject: str, task: str, cfg: DatasetConfig, report: 
             report.bad("bad_frame_number", where, f"frame number {frame_text!r} is not an integer")
             continue
         frame = int(frame_text)
+        if frame in first_line:
+            report.bad("duplicate_frame", where, f"frame {frame} is listed again (first at line "
+                       f"{first_line[frame]}); the first is kept")
+            continue
+        first_line[frame] = line
         rec: dict = {"subject": subject, "session": task, "video_id": f"{subject}/{task}",
                      "frame": frame}
         bad = False
@@ -131,7 +141,7 @@ def _read_file(path: Path, subject: str, task: str, cfg: DatasetConfig, report: 
 def read(cfg: DatasetConfig, report: ManifestReport) -> pd.DataFrame:
     label_dir = cfg.root.joinpath(*LABEL_DIR)
     if not label_dir.is_dir():
-        raise FileNotFoundError(f"dataset '{cfg.name}': BP4D label folder not found: {label_dir} "
+        raise MissingInput(f"dataset '{cfg.name}': BP4D label folder not found: {label_dir} "
                                 "(expected AUCoding/AU_OCC/{subject}_{task}.csv under dataset.root)")
     files = sorted(label_dir.glob("*.csv"))
     if not files:

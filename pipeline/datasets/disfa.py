@@ -18,6 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.config import DatasetConfig
+from pipeline.errors import MissingInput
 from pipeline.datasets.bp4d import NOTE_UNCODED, index_frames
 from pipeline.manifest import ManifestError, ManifestReport
 from pipeline.video import frame_count
@@ -170,7 +171,7 @@ def _subject(cfg: DatasetConfig, sn: str, label_dir: Path, report: ManifestRepor
 def read(cfg: DatasetConfig, report: ManifestReport) -> pd.DataFrame:
     label_dir = cfg.root / LABEL_DIR
     if not label_dir.is_dir():
-        raise FileNotFoundError(f"dataset '{cfg.name}': DISFA label folder not found: {label_dir} "
+        raise MissingInput(f"dataset '{cfg.name}': DISFA label folder not found: {label_dir} "
                                 "(expected ActionUnit_Labels/{SN}/{SN}_au{N}.txt under dataset.root)")
     subjects = sorted(p.name for p in label_dir.iterdir() if p.is_dir())
     if not subjects:

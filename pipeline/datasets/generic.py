@@ -8,32 +8,85 @@ table's folder. Line numbers in messages are the CSV's (header = line 1).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pipeline.aus import au_column
 from pipeline.config import DatasetConfig
-from pipeline.manifest import BOX_COLUMNS, ManifestReport
+from pipeline.errors import MissingInput
+from pipeline.manifest import BOX_COLUMNS, ManifestError, ManifestReport
 from pipeline.video import frame_count
 
 OPTIONAL = ["session", "video_id", "frame", "video_frame", "fold", "landmarks", *BOX_COLUMNS]
+# A column that looks like an AU label: AU01, au1, AU_2, au 12 ... (canonical spelling: AU01)
+_AU_LIKE = re.compile(r"^\s*au[\s_]*0*(\d{1,2})\s*$", re.IGNORECASE)
+_TRUE, _FALSE = {"1", "1.0"}, {"0", "0.0"}
+_UNKNOWN = {"", "na", "nan", "null", "none"}  # spellings of an empty (unknown) cell
+
+
+def _blank(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v)) or \
+        (isinstance(v, str) and v.strip().lower() in _UNKNOWN)
+
+
+def _label(v):
+    """0 / 1 / None (unknown) from a cell, whatever pandas made of the column; KeyError if not."""
+    if _blank(v):
+        return None
+    text = str(v).strip()
+    if text in _TRUE:
+        return 1
+    if text in _FALSE:
+        return 0
+    raise KeyError(text)
+
+
+def _int(v) -> int:
+    """An integer from a cell (12, 12.0, '12'); ValueError otherwise."""
+    f = float(str(v).strip())
+    if not f.is_integer():
+        raise ValueError(v)
+    return int(f)
+
+
+def au_columns(path: Path, columns: list[str], cfg: DatasetConfig,
+               report: ManifestReport) -> list[str]:
+    """The AU set's columns present; a label-like column not spelled like the registry (au01,
+    AU2, AU_12) is refused, naming the spelling to use, so no label column is ever ignored."""
+    wanted = set(cfg.au_set.columns)
+    misspelt = []
+    for c in columns:
+        m = _AU_LIKE.match(str(c))
+        if m is None:
+            continue
+        canon = au_column(int(m.group(1)))
+        if c != canon:
+            misspelt.append(f"'{c}' (write '{canon}')")
+        elif c not in wanted:
+            report.note(f"column {c} is not in the AU set '{cfg.au_set.value}' (ignored)")
+    if misspelt:
+        raise ManifestError(f"{path}: AU label columns are spelled AU01, AU02, ...; rename "
+                            f"{', '.join(misspelt)}")
+    return [c for c in cfg.au_set.columns if c in columns]
 
 
 def _load(path: Path) -> pd.DataFrame:
     if not path.exists():
-        raise FileNotFoundError(f"manifest file not found: {path}")
+        raise MissingInput(f"manifest file not found: {path}")
     try:
         if path.suffix.lower() == ".parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path, dtype={"subject": str, "session": str, "video_id": str},
-                           keep_default_na=True)
+        # every cell as text: a stray value in one row never changes how a column is read
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as e:  # pyarrow / pandas parser errors carry the detail
-        raise ValueError(f"{path}: unreadable table: {e}") from None
+        raise ManifestError(f"{path}: unreadable table: {e}") from None
 
 
 def _parse_landmarks(value, where: str, report: ManifestReport):
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if not isinstance(value, (list, np.ndarray)) and _blank(value):
         return None
     pts = (np.asarray(value, dtype=np.float32) if not isinstance(value, str)
            else np.array(value.replace(",", " ").split(), dtype=np.float32))
@@ -48,26 +101,41 @@ def read(cfg: DatasetConfig, report: ManifestReport) -> pd.DataFrame:
     df = _load(path)
     base = path.parent
     if "subject" not in df:
-        raise ValueError(f"{path}: required column 'subject' is missing (columns: {list(df.columns)})")
+        raise ManifestError(f"{path}: required column 'subject' is missing (columns: "
+                            f"{list(df.columns)})")
     if "image_path" not in df and "video_path" not in df:
-        raise ValueError(f"{path}: needs an 'image_path' or a 'video_path' column")
-    au_cols = [c for c in cfg.au_set.columns if c in df]
+        raise ManifestError(f"{path}: needs an 'image_path' or a 'video_path' column")
+    n_frames: dict[Path, int] = {}  # frames per video, counted once
+    au_cols = au_columns(path, list(df.columns), cfg, report)
     keep_cols = ["subject", "image_path", "video_path", *[c for c in OPTIONAL if c in df], *au_cols]
     rows: list[dict] = []
     for i, rec in enumerate(df[[c for c in keep_cols if c in df]].to_dict("records")):
         where = f"{path}:{i + 2}"
-        out = {k: v for k, v in rec.items() if not (isinstance(v, float) and np.isnan(v))}
-        out["subject"] = str(rec["subject"])
+        out = {k: v for k, v in rec.items() if not _blank(v)}
+        out["subject"] = str(rec["subject"]).strip()
         bad = False
         for c in au_cols:
-            v = rec.get(c)
-            if v is None or (isinstance(v, float) and np.isnan(v)):
-                out[c] = None
-            elif v in (0, 1):
-                out[c] = int(v)
-            else:
-                report.bad("label_out_of_alphabet", where, f"{c} = {v!r}; labels are 0, 1 or empty")
+            try:
+                out[c] = _label(rec.get(c))
+            except KeyError as e:
+                report.bad("label_out_of_alphabet", where, f"{c} = {e.args[0]!r}; labels are 0, "
+                           "1 or empty (unknown)")
                 bad = True
+                break
+        for c in ("fold", "frame", "video_frame"):
+            if c in out:
+                try:
+                    out[c] = _int(out[c])
+                    if out[c] < 0:
+                        raise ValueError(out[c])
+                except ValueError:
+                    report.bad(f"bad_{c}", where, f"column {c} = {rec[c]!r}; expected an integer "
+                               ">= 0")
+                    bad = True
+                    break
+        for c in BOX_COLUMNS:
+            if c in out:
+                out[c] = float(out[c])
         if "landmarks" in rec:
             lm = _parse_landmarks(rec["landmarks"], where, report)
             bad |= lm == "drop"
@@ -91,15 +159,18 @@ def read(cfg: DatasetConfig, report: ManifestReport) -> pd.DataFrame:
                 continue
             out["video_path"] = str(p)
             out.setdefault("session", p.stem)
+            n = n_frames[p] = n_frames[p] if p in n_frames else frame_count(p)
+            if n == 0:
+                report.bad("empty_video", where, f"video has no frames (or is not a video): {p}")
+                continue
             if "video_frame" in out:
-                out["video_frame"] = int(out["video_frame"])
+                if out["video_frame"] >= n:
+                    report.bad("frame_out_of_range", where, f"video_frame {out['video_frame']} is "
+                               f"past the end of {p} ({n} frames: 0..{n - 1})")
+                    continue
                 out.setdefault("frame", out["video_frame"])
                 rows.append(out)
             else:  # one row per decoded frame of the video
-                n = frame_count(p)
-                if n == 0:
-                    report.bad("empty_video", where, f"video has no frames: {p}")
-                    continue
                 for f in range(n):
                     rows.append({**out, "video_frame": f, "frame": f})
         else:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import DatasetConfig
+from pipeline.errors import ConfigError, MissingInput
 from pipeline.manifest import ManifestError, ManifestReport
 
 ALPHABET = {"0": 0, "1": 1}
@@ -21,11 +22,11 @@ ALPHABET = {"0": 0, "1": 1}
 
 def _lines(path: Path | None, key: str) -> list[str]:
     if path is None:
-        raise ValueError(f"layout 'list' needs dataset.{key} (a text file, one line per image)")
+        raise ConfigError(f"layout 'list' needs dataset.{key} (a text file, one line per image)")
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
-        raise FileNotFoundError(f"dataset.{key}: file not found: {path}") from None
+        raise MissingInput(f"dataset.{key}: file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path}: cannot read dataset.{key}: {e}") from None
     while lines and not lines[-1].strip():  # a trailing newline is not a row

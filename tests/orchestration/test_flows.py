@@ -77,3 +77,33 @@ def test_concurrent_run_is_refused(full_run, tiny):
     with Catalog(cfg.store).lock("demo", "manifest"):
         state = manifest_flow(StageParams(config=str(tiny), force=True), return_state=True)
     assert state.is_failed() and "another run is writing or reading stage 'manifest'" in state.message
+
+
+def test_aunet_run_on_bad_input_fails_in_one_line(harness, tmp_path, capsys):
+    from conftest import write_mini_dataset
+    from flows.cli import main
+
+    config = write_mini_dataset(tmp_path)
+    csv = tmp_path / "data" / "manifest.csv"
+    lines = csv.read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[3].split(",")
+    cells[header.index("AU01")] = "yes"
+    lines[3] = ",".join(cells)
+    csv.write_text("\n".join(lines) + "\n")
+    code = main(["run", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    said = [line for line in err.splitlines() if "| INFO" not in line and line.strip()
+            and not line.startswith("See https")]  # Prefect's and Dask's progress logs aside
+    assert len(said) == 1 and said[0].startswith("aunet run: FAILED: stage manifest failed")
+    assert "manifest.csv:4: AU01 = 'yes'" in said[0]
+
+
+def test_local_dask_dashboard_binds_loopback(tiny):
+    from flows.stage_flows import task_runner
+
+    cfg = load_config(tiny)
+    runner = task_runner(cfg, "faces")
+    assert runner.cluster_kwargs["dashboard_address"] == "127.0.0.1:8787"
+    assert cfg.dask.dashboard_address.startswith("127.0.0.1:")
