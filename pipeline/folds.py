@@ -76,10 +76,6 @@ def assign_folds(df: pd.DataFrame, cfg: DatasetConfig, report: ManifestReport) -
     return df.assign(fold=fold.astype(int))
 
 
-def test_subjects(df: pd.DataFrame, fold: int) -> set[str]:
-    return set(df.loc[df["fold"] == fold, "subject"].astype(str))
-
-
 def holdout_subjects(train_subjects: list[str], fraction: float, seed: int) -> list[str]:
     """Held-out *training* subjects for model selection (never the test fold)."""
     uniq = sorted(set(train_subjects))

@@ -30,10 +30,6 @@ def _sha256(path: str | Path, block: int = HASH_BLOCK) -> str:
     return h.hexdigest()
 
 
-def bytes_sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def use_cache_file(path: str | Path | None) -> None:
     """Also remember hashes in this SQLite file (None: in memory only)."""
     with _LOCK:

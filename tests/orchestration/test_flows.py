@@ -33,13 +33,20 @@ def test_params_reject_unknown_keys():
 
 
 def test_full_flow_writes_reports(full_run, tiny):
+    from store import tables
+
     cfg = load_config(tiny)
     catalog = Catalog(cfg.store)
-    assert catalog.manifest("demo").exists()
-    parts = list(catalog.table_dir("metrics").rglob("*.parquet"))
-    assert parts, "evaluate wrote no metrics partition"
-    rendered = catalog.rendered("demo")
-    assert list(rendered.glob("*.md")) and list(rendered.glob("*.png"))
+    assert full_run["stages"] == ["manifest", "faces", "features", "prior", "train", "evaluate", "report"]
+    run = tables.latest_run(catalog, "demo")
+    m = tables.read_run(catalog, "metrics", "demo", run).to_pandas()
+    avg = m[(m.au == "Avg") & (m.fold == "mean")].set_index("variant").f1
+    assert sorted(avg.index) == ["au_fan", "aunet"] and avg.between(0, 1).all()
+    pred = tables.read_run(catalog, "predictions", "demo", run).to_pandas()
+    assert len(pred) == 2 * 36 and set(pred.fold) == {1, 2, 3}  # 2 variants x every frame once
+    md = (catalog.rendered("demo") / "report.md").read_text()
+    assert f"run {run}" in md and "UNTRAINED BACKBONE" in md
+    assert list(catalog.rendered("demo").glob("*.png"))
 
 
 @pytest.mark.parametrize("stage", ["manifest", "faces", "features", "prior", "train", "evaluate"])
