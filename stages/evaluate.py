@@ -33,7 +33,7 @@ from store import manifests, tables
 from store.catalog import Catalog, new_run_id
 from store.codekey import code_key
 from store.identity import eval_id
-from store.models import HeadInputs, checked_head, load_head
+from store.models import HeadInputs, checked_head, head_selection, load_head
 from store.provenance import (artifact_key, fingerprint, read_provenance, record, trusted,
                               write_provenance, write_table)
 
@@ -78,9 +78,7 @@ def _unit_config(cfg: RunConfig) -> dict:
 def all_units(cfg: RunConfig, catalog: Catalog) -> list[EvalUnit]:
     """One unit per (eval dataset, variant, fold) of the heads this config asks for; each head
     and feature store is checked current (MissingArtifact / StaleArtifact say what to run)."""
-    from stages.train import selection
-
-    variants, folds = selection(cfg, catalog, None)
+    variants, folds = head_selection(cfg, catalog, None)
     heads = HeadInputs(cfg, catalog)
     head_keys = {}
     for v in variants:

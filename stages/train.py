@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.config import RunConfig, Variant
-from pipeline.errors import ConfigError, InputError, StaleArtifact
+from pipeline.errors import InputError, StaleArtifact
 from pipeline.labels import class_weights
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.models.heads import build_head, load_body
@@ -29,8 +29,8 @@ from store import manifests
 from store.catalog import Catalog
 from store.codekey import code_key
 from store.identity import head_identity, head_label
-from store.models import (HEAD_CODE, HeadInputs, checked_prior, init_head, read_checkpoint,
-                          save_checkpoint)
+from store.models import (HEAD_CODE, HeadInputs, checked_prior, head_selection, init_head,
+                          read_checkpoint, save_checkpoint)
 from store.provenance import artifact_key, read_provenance, record, trusted, write_provenance
 
 STAGE = "train"
@@ -65,22 +65,8 @@ def _init_dataset(cfg: RunConfig) -> str:
     return init_source(cfg).dataset.name
 
 
-def selection(cfg: RunConfig, catalog: Catalog, select: dict | None) -> tuple[list[Variant], list[int]]:
-    """The (variants, folds) to train: the command's choice, else the config's, else all;
-    a fold the dataset does not have is refused."""
-    select = select or {}
-    variants = [Variant(v) for v in (select.get("variants") or cfg.train.variants)]
-    have = manifests.test_folds(catalog, cfg.dataset.name)
-    folds = [int(k) for k in (select.get("folds") or cfg.train.folds or have)]
-    bad = [k for k in folds if k not in have]
-    if bad:
-        raise ConfigError(f"fold {', '.join(map(str, bad))} is not a test fold of dataset "
-                          f"'{cfg.dataset.name}' (its folds: {', '.join(map(str, have))})")
-    return variants, folds
-
-
 def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) -> Plan:
-    variants, folds = selection(cfg, catalog, select)
+    variants, folds = head_selection(cfg, catalog, select)
     heads = HeadInputs(cfg, catalog)  # the manifest and the feature store, checked current
     units, skipped = [], []
     for v, k in itertools.product(variants, folds):

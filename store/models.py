@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from pipeline.config import RunConfig, Variant
-from pipeline.errors import MissingArtifact, StaleArtifact
+from pipeline.errors import ConfigError, MissingArtifact, StaleArtifact
 from pipeline.models.heads import build_head
 from store import features as feature_store
 from store import manifests
@@ -55,6 +55,20 @@ def checked_prior(cfg: RunConfig, catalog: Catalog, fold: int, manifest_rec: dic
 
 
 # -- heads --------------------------------------------------------------------------------------
+def head_selection(cfg: RunConfig, catalog: Catalog, select: dict | None) -> tuple[list[Variant], list[int]]:
+    """The (variants, folds) of the heads a command works on: its choice (`select`), else the
+    config's, else every test fold; a fold the dataset does not have is refused."""
+    select = select or {}
+    variants = [Variant(v) for v in (select.get("variants") or cfg.train.variants)]
+    have = manifests.test_folds(catalog, cfg.dataset.name)
+    folds = [int(k) for k in (select.get("folds") or cfg.train.folds or have)]
+    bad = [k for k in folds if k not in have]
+    if bad:
+        raise ConfigError(f"fold {', '.join(map(str, bad))} is not a test fold of dataset "
+                          f"'{cfg.dataset.name}' (its folds: {', '.join(map(str, have))})")
+    return variants, folds
+
+
 def training_shards(folds: np.ndarray, fold: int, frames_per_shard: int) -> list[int]:
     """Shards holding at least one row outside test fold `fold`."""
     rows = np.flatnonzero(np.asarray(folds) != fold)

@@ -33,15 +33,18 @@ SECTIONS = {"faces": {"chunk_frames": 4}, "features": {"frames_per_shard": 4, "b
             "train": {"epochs": 3, "max_steps_per_epoch": 3}}
 # (command, the file whose appearance means "half done": the kill comes right after it)
 CASES = [
+    ("faces", "mini/faces/*/crops.zarr/chunk_done/c/1"),
     ("faces", "mini/faces/*/crops.zarr/chunk_done/c/3"),
     ("features", "mini/features/*/features.zarr/shard_done/c/3"),
     ("prior", "mini/prior/fold1/*.pt"),
+    ("prior", "mini/prior/fold2/*.pt"),
     ("train", "mini/models/au_fan/fold1/*/epoch001.pt"),
     ("train", "mini/models/aunet/fold2/*/epoch002.pt"),
     ("evaluate", "mini/eval/mini/au_fan/fold1/*.parquet"),
     ("report", "reports/rendered/mini/*.png"),
     ("run", "mini/features/*/features.zarr/shard_done/c/2"),
     ("run", "mini/models/au_fan/fold2/*/epoch001.pt"),
+    ("run", "mini/eval/mini/au_fan/fold2/*.parquet"),
 ]
 
 
