@@ -31,7 +31,8 @@ from stages.manifest import built_path as built_manifest_path
 from stages.manifest import manifest_key
 
 STAGE = "faces"
-CODE_MODULES = ("stages.faces", "stages.faces_frames", "pipeline.detect", "pipeline.align",
+CODE_MODULES = ("stages.faces", "stages.faces_frames", "pipeline.detect", "pipeline.blazeface",
+                "pipeline.retinaface", "pipeline.persist", "pipeline.align",
                 "pipeline.video", "store.crops")
 ROW_COLUMNS = ["row", "video_id", "frame", "image_path", "video_path", "video_frame",
                *BOX_COLUMNS, "landmarks"]
