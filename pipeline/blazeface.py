@@ -5,11 +5,12 @@ with squares of its short side (`square_tiles`); level l >= 1 adds a grid of squ
 short / 2**l overlapping by half in both directions (`pyramid_tiles`), so a face of 10% of the
 short side fills 20% of a level-1 tile instead of 10%. Finer tiles only add faces the coarser
 level could not see whole, so their detections are kept only when small for the tile and not cut
-by an inner tile edge (`_keep_in_tile`). They also fire on lettering (scores up to 0.80 on the
-title frames of the shared videos), so each is confirmed by both BlazeFace models re-run on a
-square centred on it at their own working scale (`_confirmed`): on the shared media every such
-false face scored below 0.51 with the back model or below 0.67 with the front one, every real
-face at least 0.59 with both. Level-0 faces are kept as before (no confirmation).
+by an inner tile edge (`_keep_in_tile`) or smaller than faces.min_face_px. They also fire on
+lettering (606 candidates scoring 0.5-0.9 on the title frames of the shared videos), so each is
+confirmed by both BlazeFace models re-run on a square centred on it at their own working scale
+(`confirm_scores`): every one of those 606 got below 0.53 from at least one model, while 121 of
+126 real faces (the media and the synthetic size sweep) got at least 0.55 from both; the 5 lost
+were at 4-6% of the short side. Level-0 faces are not re-checked (faces.min_score decides).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ TILE_BATCH = 256  # tiles per network call (128 px tiles: ~50 MB of input)
 # Confirmation of a finer-tile face: a square centred on it in which the face is this fraction
 # of the side, per model (their working scales: ~32 px of the front model's 128, ~38 of 256).
 CONFIRM_FACE_FRAC = {DetectorKind.BLAZEFACE: 0.25, DetectorKind.BLAZEFACE_BACK: 0.15}
-CONFIRM_MIN_SCORE = 0.55  # both models must score the face at least this (see the docstring)
+CONFIRM_MIN_SCORE = 0.55  # both models must score the face at least this (measured: docstring)
 CONFIRM_FLOOR = 0.2  # anchors blended into a confirming score (a face needs broad support)
 # Anchors blended into a detection's score (the project's old default min_score): fixed, so that
 # a face's score does not move with faces.min_score above it.
@@ -205,7 +206,8 @@ class BlazeFace(Detector):
                     squares.append((i, x0, y0, side))
                     meta.append((j, h, w, level))
         out: list[list[np.ndarray]] = [[np.zeros((0, 15))] for _ in which]
-        for (i, x0, y0, side), (j, h, w, level), p in zip(squares, meta, self.net.run(images, squares, self.floor)):
+        preds = self.net.run(images, squares, self.floor)
+        for (i, x0, y0, side), (j, h, w, level), p in zip(squares, meta, preds):
             r = _to_source(p, x0, y0, side) if len(p) else np.zeros((0, 15))
             r = r[r[:, 14] >= self.min_score]
             if level > 0:  # finer tiles add only whole faces that faces.min_face_px keeps

@@ -80,7 +80,7 @@ class FaceRule(str, Enum):
 class TilePyramid(str, Enum):
     OFF = "off"  # BlazeFace sees squares of the short side only
     FALLBACK = "fallback"  # finer tiles only on frames where those found no face
-    ALWAYS = "always"  # finer tiles on every frame (every small face, ~9x the time)
+    ALWAYS = "always"  # finer tiles on every frame (every small face; ~10x the time on video)
 
 
 class TemporalRule(str, Enum):

@@ -36,8 +36,9 @@ VARIANCES = (0.1, 0.2)  # centre / size scaling of the box regression
 NMS_IOU = 0.4  # the release's own test-time suppression threshold
 LEAKY = 0.1  # negative slope of every LeakyReLU in the x0.25 model (64-channel FPN / SSH)
 # Inference size: the long side is scaled down to at most this many pixels (never up), so a
-# 2560x1912 photo costs what a 960x717 frame does. The smallest anchor is 16 px, so faces down to
-# ~16 px after scaling are found: 16/717 = 2.2% of the short side of a 4:3 photo, 3% of 16:9.
+# 2560x1912 photo costs what a 960x717 frame does. The smallest anchor is 16 px, so at this cap
+# the smallest face the network can report is ~16/717 = 2.2% of the short side of a 4:3 photo
+# (3% of 16:9): well under the 10% asked for.
 MAX_SIDE = 960
 MAX_BATCH = 8  # frames per forward pass (bounded memory: ~0.4 GB at 960x540)
 

@@ -170,7 +170,8 @@ def process_rows(rows: list[dict], faces: FacesConfig,
     with ThreadPoolExecutor(READ_THREADS) as pool:
         stream = _detected(iter_frames(rows, pool), rows, faces, detector, errors, timing)
         if faces.temporal is TemporalRule.PERSIST and detector is not None:
-            stream = filter_stream(stream, dets=lambda x: x[4], video=lambda x: rows[x[0]].get("video_path") or None,
+            stream = filter_stream(stream, dets=lambda x: x[4],
+                                   video=lambda x: rows[x[0]].get("video_path") or None,
                                    replace=lambda x, d: (*x[:4], d), n=faces.persist_frames)
         for i, img, status, msg, d in stream:
             t = time.perf_counter()
