@@ -69,6 +69,7 @@ class DetectorKind(str, Enum):
     BLAZEFACE = "blazeface"
     BLAZEFACE_BACK = "blazeface_back"
     SFD = "sfd"
+    RETINAFACE = "retinaface"  # RetinaFace MobileNet-0.25 (pipeline/retinaface.py); weights by path
     PROVIDED = "provided"  # use the manifest's landmarks / boxes; no detector runs
 
 
@@ -77,11 +78,29 @@ class FaceRule(str, Enum):
     TRACK = "track"  # in videos, the box closest to the previous frame's face; else largest
 
 
+class TilePyramid(str, Enum):
+    OFF = "off"  # BlazeFace sees squares of the short side only
+    FALLBACK = "fallback"  # finer tiles only on frames where those found no face
+    ALWAYS = "always"  # finer tiles on every frame (every small face; ~10x the time on video)
+
+
+class TemporalRule(str, Enum):
+    NONE = "none"  # every frame on its own
+    PERSIST = "persist"  # video rows: a face must overlap faces on neighbouring rows (see docs)
+
+
 class FacesConfig(Strict):
     detector: DetectorKind = DetectorKind.BLAZEFACE
     detector_weights: Optional[Path] = None  # None: face-alignment's own downloader
     detector_anchors: Optional[Path] = None
-    min_score: float = Field(0.5, ge=0, le=1)
+    # None: the detector's own measured default (pipeline.detect.DEFAULT_MIN_SCORE).
+    min_score: Optional[float] = Field(None, ge=0, le=1)
+    # BlazeFace small faces: tiles of 1/2 (level 2), 1/4 (3), 1/8 (4) of the short side too, their
+    # faces confirmed by both BlazeFace models (pipeline/blazeface.py).
+    tile_pyramid: TilePyramid = TilePyramid.FALLBACK
+    tile_levels: int = Field(2, ge=1, le=4)
+    temporal: TemporalRule = TemporalRule.NONE
+    persist_frames: int = Field(3, ge=2, le=30)  # temporal=persist: the shortest run kept
     rule: FaceRule = FaceRule.TRACK
     size: int = 256
     # Template eye distance as a fraction of the crop width; smaller = more margin around the face.

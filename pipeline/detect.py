@@ -1,8 +1,10 @@
 """Face detection behind one interface: `Detector.detect(image) -> Detections`.
 
-Implementations use face-alignment's own modules: BlazeFace front/back (boxes + 6 keypoints,
-mapped to the 5-point order) and SFD (boxes only). `provided_detections` turns a manifest's
-landmarks / box into the same type, so alignment never cares where a face came from.
+Implementations: BlazeFace front/back (face-alignment's network over square tiles and a tile
+pyramid, pipeline/blazeface.py; boxes + 6 keypoints mapped to the 5-point order), RetinaFace
+MobileNet-0.25 (our own plain-torch network, pipeline/retinaface.py; boxes + 5 landmarks) and SFD
+(face-alignment's, boxes only). `provided_detections` turns a manifest's landmarks / box into
+the same type, so alignment never cares where a face came from.
 
 Keypoint order everywhere: image-left eye, image-right eye, nose tip, image-left mouth corner,
 image-right mouth corner, in source pixels; NaN where a detector has none.
@@ -18,10 +20,14 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pipeline.align import MOUTH_HALF_WIDTH
-from pipeline.config import DetectorKind, FaceRule, FacesConfig
+from pipeline.config import DetectorKind, FaceRule, FacesConfig, TilePyramid
 from pipeline.errors import UserError
 
 NMS_IOU = 0.3  # BlazeFace's own suppression threshold, reused to merge tiles
+# faces.min_score when the config leaves it unset: chosen per detector on the shared media
+# (docs/faces.md, "Detectors on real footage").
+DEFAULT_MIN_SCORE = {DetectorKind.BLAZEFACE: 0.8, DetectorKind.BLAZEFACE_BACK: 0.65,
+                     DetectorKind.SFD: 0.5, DetectorKind.RETINAFACE: 0.6}
 # Real faces have eyes 0.33-0.46 box widths apart (BlazeFace on the shared media); false
 # positives on sky and lettering go down to 0.09.
 MIN_EYES_PER_BOX = 0.2
@@ -95,19 +101,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> np.ndarr
         ious = inter / np.maximum(area[i] + area[rest] - inter, 1e-9)
         order = rest[ious <= iou]
     return np.asarray(keep, dtype=np.int64)
-
-
-def square_tiles(h: int, w: int) -> list[tuple[int, int, int]]:
-    """(x0, y0, side) squares of side min(h, w) covering the image, overlapping by at least half.
-
-    BlazeFace sees a square: one tile for square images, 2+ along the long side otherwise, so
-    faces near the edges of wide frames are not cropped away (face-alignment's own wrapper only
-    looks at the centre square). Any face up to half the short side fits wholly in one tile.
-    """
-    side, long = min(h, w), max(h, w)
-    n = 1 if long == side else int(np.ceil((long - side) / (side / 2))) + 1
-    offsets = np.round(np.linspace(0, long - side, n)).astype(int)
-    return [(int(o), 0, side) if w >= h else (0, int(o), side) for o in offsets]
 
 
 def plausible(dets: Detections, max_roll_deg: float) -> Detections:
@@ -184,7 +177,9 @@ def choose_face(dets: Detections, rule: FaceRule, previous_box: Optional[np.ndar
 
 # -- weights ----------------------------------------------------------------------------------
 def _download_urls(kind: DetectorKind) -> dict[str, str]:
-    """face-alignment's own download addresses for the detector's files."""
+    """face-alignment's own download addresses for the detector's files ({}: none we can use)."""
+    if kind is DetectorKind.RETINAFACE:
+        return {}  # face-alignment's RetinaFace wrapper needs torchvision; no address relied on
     if kind is DetectorKind.SFD:
         from face_alignment.detection.sfd.sfd_detector import models_urls
         return {"weights": models_urls["s3fd"]}
@@ -193,21 +188,27 @@ def _download_urls(kind: DetectorKind) -> dict[str, str]:
     return {"weights": models_urls[f"{pre}_weights"], "anchors": models_urls[f"{pre}_anchors"]}
 
 
-def resolve_weights(cfg: FacesConfig) -> dict[str, Path]:
-    """role -> local file: the config's paths, else face-alignment's downloader (torch hub cache).
+def _basename(url: str) -> str:
+    return Path(url.split("?")[0]).name
 
-    BlazeFace with weights but no anchors path looks for the standard anchors file beside them.
-    """
-    urls = _download_urls(cfg.detector)
-    if cfg.detector_weights is not None:
-        files = {"weights": Path(cfg.detector_weights)}
+
+def _resolve(kind: DetectorKind, weights: Optional[Path], anchors: Optional[Path],
+             key: str = "faces.detector") -> dict[str, Path]:
+    """role -> local file for one network: given paths (anchors default to the standard file
+    beside the weights), else face-alignment's downloader (torch hub cache)."""
+    urls = _download_urls(kind)
+    if weights is not None:
+        files = {"weights": Path(weights)}
         if "anchors" in urls:
-            default = Path(urls["anchors"].split("?")[0]).name
-            files["anchors"] = Path(cfg.detector_anchors or Path(cfg.detector_weights).with_name(default))
+            files["anchors"] = Path(anchors or Path(weights).with_name(_basename(urls["anchors"])))
         for role, path in files.items():
             if not path.is_file():
-                raise DetectorError(f"faces.detector_{role}: file not found: {path}")
+                raise DetectorError(f"{key}_{role}: file not found: {path}")
         return files
+    if not urls:
+        raise DetectorError(f"faces.detector_weights is not set: the {kind.value} detector is "
+                            f"not downloaded; set faces.detector_weights to its weights file "
+                            f"(e.g. mobilenet0.25_Final.pth)")
     from face_alignment.utils import load_file_from_url
 
     files = {}
@@ -216,90 +217,45 @@ def resolve_weights(cfg: FacesConfig) -> dict[str, Path]:
             files[role] = Path(load_file_from_url(url, progress=False))
         except Exception as e:  # no internet, proxy, disk: say what to do instead
             raise DetectorError(
-                f"could not download the {cfg.detector.value} {role} from {url} ({e}); offline, "
+                f"could not download the {kind.value} {role} from {url} ({e}); offline, "
                 f"set faces.detector_weights (and faces.detector_anchors) to local files") from None
     return files
 
 
-# -- implementations --------------------------------------------------------------------------
-class BlazeFace(Detector):
-    """BlazeFace front (128 px input) or back (256 px) camera model, face-alignment's network.
+def verifier_kind(cfg: FacesConfig) -> Optional[DetectorKind]:
+    """The second BlazeFace model that confirms faces from finer tiles (None: no pyramid)."""
+    if (cfg.detector not in (DetectorKind.BLAZEFACE, DetectorKind.BLAZEFACE_BACK)
+            or cfg.tile_pyramid is TilePyramid.OFF or cfg.tile_levels < 2):
+        return None
+    return (DetectorKind.BLAZEFACE if cfg.detector is DetectorKind.BLAZEFACE_BACK
+            else DetectorKind.BLAZEFACE_BACK)
 
-    Its 6 keypoints (subject's right eye, left eye, nose tip, mouth centre, right and left ear,
-    i.e. image-left first for a frontal face) map to the 5-point order: eyes and nose as given,
-    mouth corners estimated from the mouth centre (`mouth_corners`). Ears are dropped.
-    """
 
-    def __init__(self, cfg: FacesConfig):
-        import torch
-        from face_alignment.detection.blazeface.net_blazeface import BlazeFace as Net
-
-        self.kind = cfg.detector
-        back = cfg.detector is DetectorKind.BLAZEFACE_BACK
-        self.files = resolve_weights(cfg)
-        self.input_size = 256 if back else 128
-        try:
-            net = Net(back_model=back)
-            net.load_state_dict(torch.load(self.files["weights"], map_location="cpu", weights_only=True))
-            net.load_anchors_from_npy(np.load(self.files["anchors"]), "cpu")
-        except Exception as e:
-            raise DetectorError(f"{self.files['weights']} / {self.files['anchors']}: not "
-                                f"{self.kind.value} weights and anchors ({e})") from None
-        net.min_score_thresh = cfg.min_score
-        net.min_suppression_threshold = NMS_IOU
-        self.net = net.eval()
-        self.max_roll_deg = cfg.max_roll_deg
-
-    def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        import cv2
-
-        n = self.input_size
-        tiles, owner = [], []
-        for i, img in enumerate(images):
-            h, w = img.shape[:2]
-            for x0, y0, side in square_tiles(h, w):
-                # the resize of face-alignment's resize_and_crop_image (INTER_AREA); its own
-                # width rounding can give 127 px for a square, so the size is set exactly here
-                tile = np.ascontiguousarray(img[y0:y0 + side, x0:x0 + side])
-                tiles.append(cv2.resize(tile, (n, n), interpolation=cv2.INTER_AREA))
-                owner.append((i, x0, y0, side))
-        preds = self.net.predict_on_batch(np.stack(tiles)) if tiles else []  # list of (k, 17)
-        parts: list[list[np.ndarray]] = [[] for _ in images]
-        for (i, x0, y0, side), p in zip(owner, preds):
-            p = p.cpu().numpy().astype(np.float64)
-            if len(p):
-                parts[i].append(self._to_source(p, x0, y0, side))
-        return [plausible(self._merge(rows), self.max_roll_deg) for rows in parts]
-
-    @staticmethod
-    def _to_source(p: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
-        """(k, 17) normalised tile predictions -> (k, 4 + 10 + 1) source pixels, 5-point order."""
-        shift = np.array([x0, y0])
-        boxes = p[:, [1, 0, 3, 2]] * side + np.tile(shift, 2)  # ymin,xmin,.. -> x0,y0,x1,y1
-        kp6 = p[:, 4:16].reshape(-1, 6, 2) * side + shift  # (k, 6, 2)
-        corners = np.stack([mouth_corners(k[0], k[1], k[3]) for k in kp6])  # (k, 2, 2)
-        kp5 = np.concatenate([kp6[:, :3], corners], axis=1).reshape(len(p), 10)
-        return np.concatenate([boxes, kp5, p[:, 16:17]], axis=1)
-
-    @staticmethod
-    def _merge(rows: list[np.ndarray]) -> Detections:
-        if not rows:
-            return Detections.empty()
-        a = np.concatenate(rows).astype(np.float32)
-        a = a[nms(a[:, :4], a[:, 14])]
-        return Detections(a[:, :4], a[:, 4:14].reshape(-1, 5, 2), a[:, 14])
+def resolve_weights(cfg: FacesConfig) -> dict[str, Path]:
+    """role -> local file for every network the detector loads: `weights` (and `anchors`), plus
+    `verifier_weights` / `verifier_anchors` for BlazeFace's pyramid: the other BlazeFace model's
+    standard files beside faces.detector_weights, or downloaded when that is unset."""
+    files = _resolve(cfg.detector, cfg.detector_weights, cfg.detector_anchors)
+    other = verifier_kind(cfg)
+    if other is not None:
+        beside = None
+        if cfg.detector_weights is not None:
+            beside = Path(cfg.detector_weights).with_name(_basename(_download_urls(other)["weights"]))
+        for role, path in _resolve(other, beside, None, "faces.tile_pyramid: verifier").items():
+            files[f"verifier_{role}"] = path
+    return files
 
 
 class SFD(Detector):
     """S3FD at full image resolution (face-alignment's network and decoding): boxes only."""
 
-    def __init__(self, cfg: FacesConfig):
+    def __init__(self, cfg: FacesConfig, min_score: float):
         import torch
         from face_alignment.detection.sfd.net_s3fd import s3fd
 
         self.kind = cfg.detector
         self.files = resolve_weights(cfg)
-        self.min_score = cfg.min_score
+        self.min_score = min_score
         try:
             net = s3fd()
             net.load_state_dict(torch.load(self.files["weights"], map_location="cpu", weights_only=True))
@@ -322,12 +278,22 @@ class SFD(Detector):
         return out
 
 
+def min_score(cfg: FacesConfig) -> float:
+    """The score threshold in force: the config's, else the detector's measured default."""
+    return DEFAULT_MIN_SCORE.get(cfg.detector, 0.5) if cfg.min_score is None else cfg.min_score
+
+
 def make_detector(cfg: FacesConfig) -> Optional[Detector]:
     """The configured detector (None for `provided`: the manifest's landmarks are used)."""
     if cfg.detector is DetectorKind.PROVIDED:
         return None
+    score = min_score(cfg)
     if cfg.detector in (DetectorKind.BLAZEFACE, DetectorKind.BLAZEFACE_BACK):
-        return BlazeFace(cfg)
+        from pipeline.blazeface import BlazeFace
+        return BlazeFace(cfg, score)
     if cfg.detector is DetectorKind.SFD:
-        return SFD(cfg)
+        return SFD(cfg, score)
+    if cfg.detector is DetectorKind.RETINAFACE:
+        from pipeline.retinaface import RetinaFace
+        return RetinaFace(cfg, resolve_weights(cfg), score)
     raise DetectorError(f"unsupported detector {cfg.detector}")  # pragma: no cover

@@ -1,4 +1,5 @@
-"""The faces stage's per-block work: decode rows in order, detect in batches, choose, align.
+"""The faces stage's per-block work: decode rows in order, detect in batches, (optionally keep
+only faces that persist over neighbouring video rows), choose, align.
 
 `process_rows(rows, faces, detector)` returns the block's arrays (the crop store's per-frame
 arrays), error messages naming the file / frame, and seconds spent in decode / detect / align.
@@ -12,8 +13,9 @@ from typing import Iterator, Optional
 import numpy as np
 
 from pipeline.align import AlignError, face_transform, warp
-from pipeline.config import FacesConfig
+from pipeline.config import FacesConfig, TemporalRule
 from pipeline.detect import Detections, Detector, FaceStatus, choose_face, provided_detections
+from pipeline.persist import filter_stream
 from pipeline.manifest import BOX_COLUMNS
 from pipeline.video import MediaError, iter_video, read_image
 
@@ -123,6 +125,41 @@ def _where(r: dict) -> str:
     return r.get("image_path") or f"{r.get('video_path')} frame {r.get('video_frame')}"
 
 
+# (local row index, RGB image or None, status, message, detections or None)
+Detected = tuple[int, Optional[np.ndarray], FaceStatus, str, Optional[Detections]]
+
+
+def _detected(frames: Iterator[Frame], rows: list[dict], faces: FacesConfig, detector: Optional[Detector],
+              errors: list[str], timing: dict[str, float]) -> Iterator[Detected]:
+    """Every frame with its detections, detected DETECT_BATCH frames at a time."""
+    batch: list[Frame] = []
+
+    def flush() -> Iterator[Detected]:
+        t = time.perf_counter()
+        dets = _detect(detector, rows, batch, errors)
+        timing["detect"] += time.perf_counter() - t
+        for (i, img, status, msg), d in zip(batch, dets):
+            if img is not None and d is None:
+                status = FaceStatus.DETECTOR_ERROR
+            yield i, img, status, msg, d
+
+    while True:
+        t = time.perf_counter()
+        item = next(frames, None)
+        timing["decode"] += time.perf_counter() - t
+        if item is None:
+            break
+        i, img, status, msg = item
+        if img is not None and min(img.shape[:2]) < faces.min_face_px:
+            item = (i, None, FaceStatus.TOO_SMALL, "")  # a tiny image cannot hold a keepable face
+        batch.append(item)
+        if sum(b[1] is not None for b in batch) >= DETECT_BATCH:
+            yield from flush()
+            batch = []
+    if batch:
+        yield from flush()
+
+
 def _same_video(rows: list[dict], i: int, sequence_images: bool) -> bool:
     """Whether row i continues row i-1's video: frames of one video file, or of one video_id
     when its images are a video's frames. Unrelated stills are never linked by tracking."""
@@ -147,15 +184,14 @@ def process_rows(rows: list[dict], faces: FacesConfig, detector: Optional[Detect
     timing = {"decode": 0.0, "detect": 0.0, "align": 0.0}
     prev: Optional[tuple[int, np.ndarray]] = None  # (local row, box) of the last kept face
 
-    def settle(batch: list[Frame]) -> None:
-        nonlocal prev
-        t = time.perf_counter()
-        dets = _detect(detector, rows, batch, errors)
-        timing["detect"] += time.perf_counter() - t
-        t = time.perf_counter()
-        for (i, img, status, msg), d in zip(batch, dets):
-            if img is not None and d is None:
-                status = FaceStatus.DETECTOR_ERROR
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        stream = _detected(iter_frames(rows, pool), rows, faces, detector, errors, timing)
+        if faces.temporal is TemporalRule.PERSIST and detector is not None:
+            stream = filter_stream(stream, dets=lambda x: x[4],
+                                   video=lambda x: rows[x[0]].get("video_path") or None,
+                                   replace=lambda x, d: (*x[:4], d), n=faces.persist_frames)
+        for i, img, status, msg, d in stream:
+            t = time.perf_counter()
             if d is not None:
                 data["n_faces"][i] = len(d)
                 same_track = prev is not None and prev[0] == i - 1 and _same_video(rows, i, sequence_images)
@@ -175,24 +211,5 @@ def process_rows(rows: list[dict], faces: FacesConfig, detector: Optional[Detect
             if status not in (FaceStatus.OK, FaceStatus.NO_FACE, FaceStatus.TOO_SMALL) and msg:
                 if msg not in errors:
                     errors.append(msg)
-        timing["align"] += time.perf_counter() - t
-
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        frames = iter_frames(rows, pool)
-        batch: list[Frame] = []
-        while True:
-            t = time.perf_counter()
-            item = next(frames, None)
-            timing["decode"] += time.perf_counter() - t
-            if item is None:
-                break
-            i, img, status, msg = item
-            if img is not None and min(img.shape[:2]) < faces.min_face_px:
-                item = (i, None, FaceStatus.TOO_SMALL, "")  # a tiny image cannot hold a keepable face
-            batch.append(item)
-            if sum(b[1] is not None for b in batch) >= DETECT_BATCH:
-                settle(batch)
-                batch = []
-        if batch:
-            settle(batch)
+            timing["align"] += time.perf_counter() - t
     return data, errors, timing

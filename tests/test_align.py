@@ -7,10 +7,10 @@ import pytest
 
 from pipeline.align import (TEMPLATE_UNITS, AlignError, box_transform, face_transform,
                             similarity, template, transform_points, warp)
+from pipeline.blazeface import square_tiles
 from pipeline.config import FaceRule
 from pipeline.detect import (Detections, FaceStatus, choose_face, keypoints_from_landmarks,
-                             mouth_corners, nms, plausible, provided_detections,
-                             square_tiles)
+                             mouth_corners, nms, plausible, provided_detections)
 
 
 def _rot(deg: float, scale: float, t: tuple[float, float]) -> np.ndarray:

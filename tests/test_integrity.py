@@ -180,7 +180,8 @@ def test_cli_failed_unit_exits_non_zero_and_good_units_finish(capsys, mini, tmp_
     np.save(tmp_path / "anchors.npy", np.zeros((896, 4), np.float32))
     run_stages(cfg, "manifest")
     code, err = _cli(capsys, "faces", "--config", str(path), "--quiet", "--set",
-                     "faces.detector=blazeface", "--set", f"faces.detector_weights={bogus}")
+                     "faces.detector=blazeface", "--set", f"faces.detector_weights={bogus}",
+                     "--set", "faces.tile_pyramid=off")
     assert code == 1 and "3 unit(s) FAILED" in err and "block0:" in err and "not blazeface weights" in err
     out = capsys.readouterr()
     del out
