@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.aus import AUSet
 from pipeline.errors import ConfigError
@@ -113,6 +113,12 @@ class FacesConfig(Strict):
     # positives (BlazeFace fires on clouds and lettering with |roll| > 60 deg); 180 = keep all.
     max_roll_deg: float = Field(45.0, gt=0, le=180)
     chunk_frames: int = Field(64, ge=1)  # crops per Zarr chunk block / per resumable unit
+
+    @field_validator("tile_pyramid", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        """YAML reads a bare `off` as False: take it as the word the user wrote."""
+        return TilePyramid.OFF if v is False else v
 
 
 class Backbone(str, Enum):
