@@ -44,18 +44,39 @@ def full_flow(params: FullParams):
             if message:
                 return Failed(message=f"stage {stage} failed: {message}")
     catalog = Catalog(cfg.store)
-    get_run_logger().info(closing_message(catalog, cfg.dataset.name))
+    get_run_logger().info(closing_message(cfg))
     return {"store": str(catalog.root), "reports": str(catalog.reports),
             "rendered": str(catalog.rendered(cfg.dataset.name)), "stages": stages}
 
 
-def closing_message(catalog: Catalog, dataset: str) -> str:
-    return (f"Done. Report tables (Parquet): {catalog.reports}\n"
-            f"Rendered tables and figures: {catalog.rendered(dataset)}\n"
-            f"Query them, e.g.:\n"
-            f"  aunet query --store {catalog.root} \"SELECT variant, round(100*f1, 1) AS f1 FROM metrics "
-            f"WHERE fold = 'mean' AND au = 'Avg' AND run = (SELECT max(run) FROM runs) ORDER BY f1 DESC\"\n"
-            f"More example queries: docs/reports.md")
+def closing_message(cfg: RunConfig) -> str:
+    """The headline numbers of this config's evaluation run (Avg F1 per method next to the
+    all-present baseline) and where the report is."""
+    from stages.report import headline
+    from store import tables
+    from store.identity import eval_id
+    from store.provenance import RANDOM_WEIGHTS_BANNER
+
+    catalog, name = Catalog(cfg.store), cfg.dataset.name
+    lines = ["Done."]
+    run = tables.latest_run(catalog, name, eval_id(cfg))
+    if run is not None:
+        runs = tables.read_run(catalog, "runs", name, run).to_pylist()[0]
+        if runs["random_weights"]:
+            lines.append(RANDOM_WEIGHTS_BANNER)
+        metrics = tables.read_run(catalog, "metrics", name, run).to_pandas()
+        lines.append(f"Avg F1 (%) on {name}, mean of per-fold F1 on held-out subjects, run {run}:")
+        for v, f1, margin in headline(metrics, name):
+            note = "" if v == "all_positive" else f"  ({100 * margin:+.1f} vs all present)"
+            lines.append(f"  {v:<14}{100 * f1:6.1f}{note}")
+    lines += [f"Report (open in a browser): {catalog.rendered(name) / 'report.html'}",
+              f"Report tables (Parquet): {catalog.reports}",
+              "Query them, e.g.:",
+              f"  aunet query --store {catalog.root} \"SELECT variant, round(100*f1, 1) AS f1 FROM "
+              f"metrics WHERE fold = 'mean' AND au = 'Avg' AND run = (SELECT max(run) FROM runs) "
+              f"ORDER BY f1 DESC\"",
+              "More example queries: docs/reports.md"]
+    return "\n".join(lines)
 
 
 def run_full_flow(config_path: str, overrides: dict | None = None,
@@ -65,6 +86,4 @@ def run_full_flow(config_path: str, overrides: dict | None = None,
                       return_state=True)
     if state.is_failed():
         return False, f"aunet run: FAILED: {state.message}"
-    result = state.result()
-    cfg = load_config(config_path, overrides)
-    return True, closing_message(Catalog(result["store"]), cfg.dataset.name)
+    return True, closing_message(load_config(config_path, overrides))

@@ -25,7 +25,10 @@ from store.provenance import (RANDOM_WEIGHTS_BANNER, artifact_key, atomic_path, 
 
 STAGE = "report"
 VARIANT_NAMES = {"au_fan": "AU-FAN", "au_vae": "AU-VAE", "au_tdn": "AU-TDN", "aunet": "AUNet",
-                 "fan_backbone": "frozen FAN"}
+                 "all_positive": "All present (baseline)", "fan_backbone": "frozen FAN"}
+BASELINE_NOTE = ("All present (baseline): every frame with a face predicted positive for every AU, "
+                 "scored on the same frames; its F1 per AU is 2p / (1 + p), p the positive rate. "
+                 "A model that does not beat it has learned nothing about that AU.")
 UNIT_NAMES = {"frame_accuracy": "frame: accuracy over AUs", "frame_f1": "frame: example F1",
               "subject_f1": "subject: F1 over AUs", "avg_f1": "Avg F1, subjects resampled"}
 
@@ -69,13 +72,33 @@ def html_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def f1_table(metrics: pd.DataFrame, eval_dataset: str, fold: str) -> tuple[list[str], list[list[str]]]:
-    """Per-AU F1 (%) by variant, AUs as rows and Avg last (paper's Tables VII-IX layout)."""
+    """Per-AU F1 (%) by variant, AUs as rows and Avg last (paper's Tables VII-IX layout), the
+    all-present baseline beside the models and the positive rate (%) last."""
     m = metrics[(metrics.eval_dataset == eval_dataset) & (metrics.fold == fold)]
     variants = [v for v in VARIANT_NAMES if v in set(m.variant)]
     aus = list(dict.fromkeys(m.au))
     f1 = m.pivot_table(index="au", columns="variant", values="f1", sort=False)
-    rows = [[au] + [_num(100 * f1.loc[au, v], ".1f") for v in variants] for au in aus]
-    return ["Methods"] + [_name(v) for v in variants], rows
+    header = ["Methods"] + [_name(v) for v in variants]
+    rate = None
+    if "positive_rate" in m:
+        rate = m.drop_duplicates("au").set_index("au").positive_rate
+        header.append("Positive rate")
+    rows = [[au] + [_num(100 * f1.loc[au, v], ".1f") for v in variants]
+            + ([] if rate is None else [_num(100 * rate.loc[au], ".1f")]) for au in aus]
+    return header, rows
+
+
+def headline(metrics: pd.DataFrame, eval_dataset: str) -> list[tuple[str, float, float]]:
+    """(variant, Avg F1, margin over the all-present baseline) of each model, mean over folds."""
+    m = metrics[(metrics.eval_dataset == eval_dataset) & (metrics.fold == "mean") & (metrics.au == "Avg")]
+    f1 = m.set_index("variant").f1
+    base = float(f1.get("all_positive", float("nan")))
+    return [(v, float(f1[v]), float(f1[v]) - base) for v in VARIANT_NAMES if v in f1.index]
+
+
+def headline_text(metrics: pd.DataFrame, eval_dataset: str) -> str:
+    return "; ".join(f"{_name(v)} {100 * f:.1f}" + ("" if v == "all_positive" else f" ({100 * d:+.1f})")
+                     for v, f, d in headline(metrics, eval_dataset))
 
 
 def significance_table(sig: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
@@ -114,6 +137,10 @@ def sections(t: dict[str, pd.DataFrame], dataset: str, run: str, random_weights:
         out.append(("banner", RANDOM_WEIGHTS_BANNER))
     out.append(("h1", f"AU detection report: {dataset}, run {run}"))
     metrics = t["metrics"]
+    if "all_positive" in set(metrics.variant):
+        out.append(("p", f"Avg F1 (%) on {dataset}, mean of per-fold F1 (in brackets: above or "
+                         f"below the all-present baseline): {headline_text(metrics, dataset)}."))
+        out.append(("p", BASELINE_NOTE))
     for ev in sorted(metrics.eval_dataset.unique()):
         kind = "within-dataset" if ev == dataset else f"cross-dataset (models trained on {dataset})"
         titles = {"mean": f"F1 (%) on {ev}, {kind}: mean of per-fold F1 (the paper's protocol)",
@@ -151,7 +178,30 @@ def render_markdown(secs: list[tuple[str, object]]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def render_html(secs: list[tuple[str, object]], images: list[str]) -> str:
+FIGURE_TITLES = {"f1_bars": "Per-AU F1 by method, the all-present baseline in grey",
+                 "correlation": "AU correlations: labels beside each method's predictions",
+                 "timeline": "One test video: probabilities against the labels"}
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;"
+         "color:#222;line-height:1.4}h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em;"
+         "border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:1em 0;font-size:.92em}"
+         "td,th{border:1px solid #bbb;padding:3px 9px;text-align:right}th{background:#f2f2f2}"
+         "td:first-child,th:first-child{text-align:left}"
+         "figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #ddd}"
+         "figcaption{color:#555;font-size:.9em}.note{color:#555}"
+         ".banner{background:#b00000;color:#fff;font-weight:bold;padding:1em;font-size:1.1em}")
+
+
+def _figure(path: Path) -> str:
+    """A PNG inlined as a data URI: the page is one self-contained file."""
+    import base64
+
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    title = next((t for k, t in FIGURE_TITLES.items() if path.stem.startswith(k)), path.stem)
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(title)}">'
+            f"<figcaption>{html.escape(title)} ({html.escape(path.name)})</figcaption></figure>")
+
+
+def render_html(secs: list[tuple[str, object]], images: list[Path]) -> str:
     body = []
     for kind, c in secs:
         if kind == "banner":
@@ -162,13 +212,12 @@ def render_html(secs: list[tuple[str, object]], images: list[str]) -> str:
             body.append(f"<p>{html.escape(str(c))}</p>")
         else:
             body.append(html_table(*c))
-    body += [f'<p><img src="{html.escape(i)}" alt="{html.escape(i)}"></p>' for i in images]
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #999;padding:2px 8px;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}"
-             ".banner{background:#b00000;color:#fff;font-weight:bold;padding:1em;font-size:1.2em}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>AU report</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    if images:
+        body.append("<h2>Figures</h2>")
+        body += [_figure(p) for p in images]
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>AU report</title>"
+            f"<meta name='viewport' content='width=device-width'><style>{STYLE}</style></head>"
+            f"<body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -234,7 +283,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: ReportUnit, progress=None) 
                                     cfg.eval.threshold, banner))
     secs = sections(t, unit.dataset, run, rw)
     files = {"markdown": out / "report.md", "html": out / "report.html"}
-    _write_text(files["html"], render_html(secs, [p.name for p in images]))
+    _write_text(files["html"], render_html(secs, images))
     _write_text(files["markdown"], render_markdown(secs) + "\n" + "\n".join(
         f"![{p.stem}]({p.name})" for p in images) + "\n")
     written = [files["html"], *images, files["markdown"]]

@@ -22,6 +22,7 @@ from pipeline.errors import ConfigError  # noqa: E402
 DPI = 110
 LABEL_COLOUR = "#d62728"  # labels in red, as the paper's Fig. 10
 VARIANT_COLOURS = {"au_fan": "#2ca02c", "au_vae": "#9467bd", "au_tdn": "#1f77b4", "aunet": "#ff7f0e"}
+BASELINE, BASELINE_COLOUR = "all_positive", "#b0b0b0"  # the all-present baseline: grey, hatched
 BANNER_COLOUR = "#b00000"
 
 
@@ -39,20 +40,24 @@ def f1_bars(metrics: pd.DataFrame, eval_dataset: str, path: Path, banner: str | 
     """Grouped bars: F1 (%) per AU and the Avg, one bar per variant. `metrics`: fold == 'mean'."""
     m = metrics[(metrics.eval_dataset == eval_dataset)]
     variants = [v for v in VARIANT_COLOURS if v in set(m.variant)] + \
-        sorted(set(m.variant) - set(VARIANT_COLOURS))
+        sorted(set(m.variant) - set(VARIANT_COLOURS) - {BASELINE}) + \
+        ([BASELINE] if BASELINE in set(m.variant) else [])
     aus = list(dict.fromkeys(m.au))
     width = 0.8 / max(len(variants), 1)
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(aus) + 2), 4.2))
     x = np.arange(len(aus))
     for i, v in enumerate(variants):
         f1 = m[m.variant == v].set_index("au").reindex(aus)["f1"].to_numpy() * 100
-        ax.bar(x + (i - (len(variants) - 1) / 2) * width, f1, width, label=v,
-               color=VARIANT_COLOURS.get(v))
+        base = v == BASELINE
+        ax.bar(x + (i - (len(variants) - 1) / 2) * width, f1, width,
+               label="all present (baseline)" if base else v,
+               color=BASELINE_COLOUR if base else VARIANT_COLOURS.get(v),
+               hatch="//" if base else None, edgecolor="white" if base else None)
     ax.set_xticks(x, aus, rotation=45)
     ax.set_ylabel("F1 (%)")
     ax.set_ylim(0, 100)
     ax.set_title(f"Per-AU F1 on {eval_dataset} (mean of per-fold F1)")
-    ax.legend(ncol=len(variants), fontsize=8, loc="upper right")
+    ax.legend(ncol=min(len(variants), 3), fontsize=8, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout(rect=(0, 0, 1, 0.93 if banner else 1))
     return _save(fig, path, banner)
@@ -70,7 +75,8 @@ def correlation_heatmaps(cooc: pd.DataFrame, eval_dataset: str, path: Path,
     panels = [("labels", np.asarray(rows.iloc[0].r_label).reshape(n, n))]
     panels += [(f"{r.variant}\nL2={r.l2:.2f} dep.F1={r.dependency_f1:.2f}",
                 np.asarray(r.r_pred).reshape(n, n)) for r in rows.itertuples()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels) + 0.8, 3.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels) + 0.8, 4.4 if banner else 3.9),
+                             squeeze=False)
     for ax, (title, r) in zip(axes[0], panels):
         im = ax.imshow(r, vmin=-1, vmax=1, cmap="RdBu_r")
         ax.set_xticks(range(n), [a[2:] for a in aus], fontsize=6, rotation=90)
@@ -78,7 +84,7 @@ def correlation_heatmaps(cooc: pd.DataFrame, eval_dataset: str, path: Path,
         ax.set_title(title, fontsize=8)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="Pearson r")
     fig.suptitle(f"AU correlation, labels vs predictions, {eval_dataset} (pooled folds)",
-                 fontsize=9, y=0.93 if banner else 0.99)
+                 fontsize=9, y=0.86 if banner else 0.99)  # below a banner that may wrap
     return _save(fig, path, banner)
 
 

@@ -13,10 +13,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.config import EvalConfig, Variant
-from pipeline.metrics import au_scores, cooccurrence_faithfulness, mean_over_folds
+from pipeline.metrics import AVG, au_scores, cooccurrence_faithfulness, mean_over_folds
 from pipeline.stats import PairedUnit, bootstrap_f1_diff, frame_test, subject_test
 
 BASELINE = Variant.AU_FAN  # every other variant is tested against it (paper's Table XII)
+ALL_POSITIVE = "all_positive"  # the trivial baseline in the metrics table: every AU present
 CI_LEVEL = 0.95
 DEPENDENCY_MIN_R = 0.1  # |r| an AU pair needs to count as a dependency (dependency F1)
 DEPENDENCY_ALPHA = 0.05  # and its Pearson test p-value must be below this
@@ -34,10 +35,25 @@ def arrays(df: pd.DataFrame, aus: list[str]) -> tuple[np.ndarray, np.ndarray, np
     return mat("prob"), mat("pred"), mat("label"), df["face_found"].to_numpy(bool)
 
 
+def with_baselines(pred: pd.DataFrame) -> pd.DataFrame:
+    """`pred` plus the trivial baselines as variants of their own, scored on the same frames:
+    `all_positive` predicts every AU present on every frame with a face (its F1 per AU is
+    2p / (1 + p), p the AU's positive rate on those frames). Readers of AU papers rarely see
+    it; an F1 that does not beat it has learned nothing."""
+    base = []
+    for ev, g in pred.groupby("eval_dataset", sort=True):
+        first = g[g.variant == g.variant.iloc[0]].copy()  # every variant scores the same frames
+        for c in [c for c in first.columns if c.endswith(("_prob", "_pred"))]:
+            first[c] = np.where(first["face_found"], 1.0, np.nan)
+        base.append(first.assign(variant=ALL_POSITIVE, head_name=""))
+    return pd.concat([pred, *base], ignore_index=True) if base else pred
+
+
 def metric_rows(pred: pd.DataFrame, scored: dict[str, list[str]], threshold: float) -> pd.DataFrame:
-    """Per-AU and Avg scores for each (eval dataset, variant): per fold, pooled, mean of folds."""
+    """Per-AU and Avg scores for each (eval dataset, variant), the baselines included: per fold,
+    pooled, mean of folds; `positive_rate` = n_pos / n of the scored frames."""
     out = []
-    for (ev, variant), g in pred.groupby(["eval_dataset", "variant"], sort=True):
+    for (ev, variant), g in with_baselines(pred).groupby(["eval_dataset", "variant"], sort=True):
         aus = scored[ev]
         per_fold = []
         for fold, gf in g.groupby("fold", sort=True):
@@ -48,7 +64,16 @@ def metric_rows(pred: pd.DataFrame, scored: dict[str, list[str]], threshold: flo
         mean = mean_over_folds(pd.concat(per_fold)).assign(fold=MEAN)
         for part in (*per_fold, pooled, mean):
             out.append(part.assign(eval_dataset=ev, variant=variant, threshold=threshold))
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+    if not out:
+        return pd.DataFrame()
+    rows = pd.concat(out, ignore_index=True)
+    rate = np.divide(rows.n_pos, rows.n, out=np.full(len(rows), np.nan), where=rows.n > 0)
+    is_avg = (rows.au == AVG).to_numpy()
+    rows["positive_rate"] = rate
+    keys = ["eval_dataset", "variant", "fold"]  # the Avg row's rate: the mean over its AUs
+    per_au = rows[~is_avg].groupby(keys).positive_rate.mean()
+    rows.loc[is_avg, "positive_rate"] = per_au.reindex(pd.MultiIndex.from_frame(rows.loc[is_avg, keys])).to_numpy()
+    return rows
 
 
 def _paired(pred: pd.DataFrame, ev: str, variant: str, aus: list[str]):

@@ -22,7 +22,7 @@ from store.catalog import Catalog
 from store.codekey import code_key
 from store.provenance import record, write_provenance, write_table
 
-SCHEMA_VERSION = "2"  # 2: runs.config_key
+SCHEMA_VERSION = "2"  # 2: runs.config_key, metrics.positive_rate and its all_positive rows
 PARTITION_KEYS = ("dataset", "run")
 PARTITIONING = pa.schema([("dataset", pa.string()), ("run", pa.string())])
 PART_GLOB = "dataset=*/run=*/part-*.parquet"
@@ -40,7 +40,7 @@ _FIELDS: dict[str, list[tuple[str, pa.DataType]]] = {
     "metrics": [("eval_dataset", _S), ("variant", _S), ("fold", _S), ("au", _S), ("f1", _F),
                 ("precision", _F), ("recall", _F), ("accuracy", _F), ("n", _I), ("n_pos", _I),
                 ("tp", _I), ("fp", _I), ("fn", _I), ("tn", _I), ("n_no_face", _I),
-                ("n_unknown", _I), ("threshold", _F)],
+                ("n_unknown", _I), ("threshold", _F), ("positive_rate", _F)],
     "significance": [("eval_dataset", _S), ("baseline", _S), ("variant", _S), ("unit", _S),
                      ("test", _S), ("n", _I), ("t", _F), ("p", _F), ("mean_a", _F),
                      ("mean_b", _F), ("diff", _F), ("ci_lo", _F), ("ci_hi", _F),

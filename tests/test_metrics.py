@@ -86,3 +86,37 @@ def test_cooccurrence_perfect_and_broken():
     expect = np.linalg.norm(correlation(broken) - correlation(y))
     assert res["l2"] == pytest.approx(expect)
     assert res["edges_label"] == 1 and res["edges_matched"] == 0 and res["dependency_f1"] == 0.0
+
+
+def test_all_positive_baseline_rows_golden():
+    """The all_positive rows: F1 = 2p / (1 + p) per AU on the frames with a face, per fold and
+    as the mean over folds; positive_rate = p; no-face frames left out as for the models."""
+    import pandas as pd
+
+    from stages.scoring import ALL_POSITIVE, metric_rows
+
+    # fold 1: AU01 positive on 1 of 4 face frames (p = 0.25 -> F1 0.4), AU02 on 2 of 4 (0.5 ->
+    # 2/3); fold 2: AU01 3 of 4 (0.75 -> 6/7), AU02 0 of 4 (F1 0); one more frame without a face
+    lab = {1: ([1, 0, 0, 0], [1, 1, 0, 0]), 2: ([1, 1, 1, 0], [0, 0, 0, 0])}
+    rows = []
+    for fold, (a1, a2) in lab.items():
+        for i in range(5):
+            face = i < 4
+            rows.append({"eval_dataset": "d", "variant": "au_fan", "fold": fold, "row": i,
+                         "subject": f"s{fold}", "face_found": face, "head_name": "h",
+                         "AU01_prob": 0.1 if face else None, "AU02_prob": 0.1 if face else None,
+                         "AU01_pred": 0 if face else None, "AU02_pred": 0 if face else None,
+                         "AU01_label": a1[i] if face else 1, "AU02_label": a2[i] if face else 1})
+    m = metric_rows(pd.DataFrame(rows), {"d": ["AU01", "AU02"]}, 0.5)
+    base = m[m.variant == ALL_POSITIVE].set_index(["fold", "au"])
+    assert base.loc[("1", "AU01"), "f1"] == pytest.approx(0.4)
+    assert base.loc[("1", "AU02"), "f1"] == pytest.approx(2 / 3)
+    assert base.loc[("2", "AU01"), "f1"] == pytest.approx(6 / 7)
+    assert base.loc[("2", "AU02"), "f1"] == 0.0
+    assert base.loc[("1", "Avg"), "f1"] == pytest.approx((0.4 + 2 / 3) / 2)
+    assert base.loc[("mean", "Avg"), "f1"] == pytest.approx(((0.4 + 2 / 3) / 2 + 6 / 7 / 2) / 2)
+    assert base.loc[("1", "AU01"), "positive_rate"] == 0.25
+    assert base.loc[("2", "Avg"), "positive_rate"] == pytest.approx(0.375)
+    assert base.loc[("1", "AU01"), "n_no_face"] == 1 and base.loc[("pooled", "Avg"), "n_no_face"] == 2
+    assert (m[m.variant == "au_fan"].positive_rate.to_numpy() ==
+            m[m.variant == ALL_POSITIVE].positive_rate.to_numpy()).all()  # the same frames

@@ -117,9 +117,12 @@ def test_run_query_on_small_store(evaluated):
 
 
 def _small_result() -> dict[str, pd.DataFrame]:
+    rates = {"AU01": 0.22, "AU02": 0.17, "Avg": 0.195}  # all present: F1 = 2p / (1 + p)
     metrics = pd.DataFrame([
-        {"eval_dataset": "bp4d", "variant": v, "fold": "mean", "au": au, "f1": f1}
-        for v, vals in (("au_fan", (0.549, 0.466, 0.507)), ("aunet", (0.598, 0.473, 0.535)))
+        {"eval_dataset": "bp4d", "variant": v, "fold": "mean", "au": au, "f1": f1,
+         "positive_rate": rates[au]}
+        for v, vals in (("au_fan", (0.549, 0.466, 0.507)), ("aunet", (0.598, 0.473, 0.535)),
+                        ("all_positive", (0.3607, 0.2906, 0.3256)))
         for au, f1 in zip(("AU01", "AU02", "Avg"), vals)])
     sig = pd.DataFrame([{"eval_dataset": "bp4d", "variant": "aunet", "unit": "frame_accuracy",
                          "n": 1000, "t": -26.4, "p": 1.51e-153, "diff": 0.028,

@@ -11,7 +11,8 @@ def _metrics(variant="au_fan", f1=0.5):
     return pa.table({"eval_dataset": ["demo"], "variant": [variant], "fold": ["pooled"],
                      "au": ["AU01"], "f1": [f1], "precision": [0.4], "recall": [0.6],
                      "accuracy": [0.7], "n": [10], "n_pos": [3], "tp": [2], "fp": [3], "fn": [1],
-                     "tn": [4], "n_no_face": [1], "n_unknown": [0], "threshold": [0.5]})
+                     "tn": [4], "n_no_face": [1], "n_unknown": [0], "threshold": [0.5],
+                     "positive_rate": [0.3]})
 
 
 def _runs():
