@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.config import load_config, parse_override
+from pipeline.config import FacesConfig, load_config, parse_override
+from pipeline.folds import ALL_SUBJECTS
 from pipeline.errors import UserError, storage_message
 from stages import runner
 from store.catalog import Catalog
@@ -32,11 +33,24 @@ def _print_summary(stage: str, summary: dict) -> None:
         print(f"  removed what an interrupted run left: {len(summary['cleaned'])} temporary files")
 
 
+def _fold(text: str) -> int:
+    """A test fold number, or `all` (every subject: the model a user deploys)."""
+    if text == "all":
+        return ALL_SUBJECTS
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a fold is a number >= 1 or 'all', not {text!r}") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"a fold is a number >= 1 or 'all', not {text!r}")
+    return k
+
+
 def _stage(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, _overrides(args.set))
     select = None
-    if args.command == "train":
-        select = {"variants": args.variant, "folds": args.fold}
+    if args.command in ("train", "prior"):
+        select = {"variants": getattr(args, "variant", None), "folds": args.fold}
     summary = runner.execute(args.command, cfg, Catalog(cfg.store), force=args.force,
                              progress=not args.quiet, select=select)
     _print_summary(args.command, summary)
@@ -60,6 +74,69 @@ def _flow(args: argparse.Namespace) -> int:
     return 0 if ok else EXIT_FAILED
 
 
+def _detector(args: argparse.Namespace) -> FacesConfig | None:
+    if not args.detector_weights:
+        return None
+    return FacesConfig(detector=args.detector, detector_weights=Path(args.detector_weights).resolve())
+
+
+def _export(args: argparse.Namespace) -> int:
+    from stages.bundles import export
+
+    cfg = load_config(args.config, _overrides(args.set))
+    folder = export(cfg, Catalog(cfg.store), args.variant, args.fold, Path(args.out), args.name,
+                    _detector(args))
+    print(f"bundle written: {folder}")
+    return 0
+
+
+def _import_reference(args: argparse.Namespace) -> int:
+    from stages.bundles import import_reference
+
+    aus = [int(a) for a in args.aus.split(",")] if args.aus else None
+    made = import_reference(Path(args.source) if args.source else None, Path(args.out),
+                            head=args.head and Path(args.head), fan=args.fan and Path(args.fan),
+                            aus=aus, name=args.name, detector=_detector(args))
+    print("\n".join(f"bundle written: {p}" for p in made))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from stages.bundles import list_models
+
+    found = list_models(Path(args.folder))
+    if not found:
+        print(f"no model bundles under {args.folder}")
+    for m in found:
+        if "error" in m:
+            print(f"{m['path']}: UNUSABLE: {m['error']}")
+            continue
+        rw = "  [RANDOM-WEIGHT BACKBONE]" if m["random_weights"] else ""
+        print(f"{m['name']}: {m['variant']}, {len(m['aus'])} AUs ({', '.join(m['aus'])}); "
+              f"{m['source']}; trained on {m['trained_on']} ({m['fold']}){rw}\n  {m['path']}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from pipeline.config import PredictConfig
+    from stages import predict
+
+    cfg = PredictConfig(inputs=tuple(args.inputs), model=args.model, out=args.out,
+                        format=args.format, faces=args.faces, temporal=args.temporal,
+                        tta_flip=None if args.tta is None else args.tta == "flip",
+                        sequence=args.sequence, fps=args.fps, save_aligned=args.save_aligned,
+                        render=args.render, skip_existing=args.skip_existing,
+                        allow_random_weights=args.allow_random_weights,
+                        batch_size=args.batch_size, device=args.device)
+    summary = predict.run(cfg, progress=not args.quiet)
+    print(predict.format_summary(summary))
+    failures = runner.format_failures(summary)
+    if failures:
+        print(failures, file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
 def _query(args: argparse.Namespace) -> int:
     from store.query import run_query
 
@@ -74,6 +151,12 @@ def _common(s: argparse.ArgumentParser) -> None:
     s.add_argument("--force", action="store_true", help="recompute even if up to date")
 
 
+def _detector_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--detector", default="blazeface", help="the bundle's face detector")
+    p.add_argument("--detector-weights", help="its weights file (anchors and the pyramid's "
+                   "second model beside it); default: face-alignment's download")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aunet", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,8 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             s.add_argument("--variant", action="append",
                            help="au_fan, au_vae, au_tdn, aunet (repeatable; default: config)")
-            s.add_argument("--fold", action="append", type=int,
-                           help="test fold number (repeatable; default: the config's, else all)")
+        if name in ("train", "prior"):
+            s.add_argument("--fold", action="append", type=_fold,
+                           help="test fold number, or `all` for a model of every subject "
+                                "(repeatable; default: the config's, else every test fold)")
         s.set_defaults(func=_stage)
     r = sub.add_parser("run", help="run the full pipeline as a Prefect flow")
     _common(r)
@@ -96,6 +181,47 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--set", action="append", metavar="KEY=VALUE")
     d.add_argument("--force", action="store_true")
     d.set_defaults(func=_flow)
+    e = sub.add_parser("export", help="write a model bundle of a trained head (for aunet predict)")
+    _common(e)
+    e.add_argument("--variant", required=True, help="au_fan, au_vae, au_tdn or aunet")
+    e.add_argument("--fold", required=True, type=_fold, help="its test fold, or `all`")
+    e.add_argument("--out", required=True, help="the bundle folder to write")
+    e.add_argument("--name", help="the bundle's name (default: dataset-variant-fold)")
+    _detector_args(e)
+    e.set_defaults(func=_export)
+    i = sub.add_parser("import-reference", help="bundles of the paper's released AUNet models")
+    i.add_argument("source", nargs="?", help="a clone of github.com/jingyang2017/AU-Net")
+    i.add_argument("--out", required=True, help="folder for the bundles (one per checkpoint)")
+    i.add_argument("--head", help="one released head file (instead of a clone)")
+    i.add_argument("--fan", help="the FAN file (models/2dfan2.pth) with --head")
+    i.add_argument("--aus", help="the head's AU numbers in order, e.g. 1,2,4,6,7,10,12,14,15,17,23,24")
+    i.add_argument("--name", help="the bundle's name with --head")
+    _detector_args(i)
+    i.set_defaults(func=_import_reference)
+    mo = sub.add_parser("models", help="list the model bundles in a folder")
+    mo.add_argument("folder")
+    mo.set_defaults(func=_models)
+    pr = sub.add_parser("predict", help="AUs of your videos and images with a model bundle")
+    pr.add_argument("inputs", nargs="+", help="video files, image files, folders (recursive)")
+    pr.add_argument("--model", required=True, help="a bundle folder (aunet export / import-reference)")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    pr.add_argument("--faces", choices=["largest", "all"], default="largest")
+    pr.add_argument("--temporal", choices=["cached", "exact"], help="default: the bundle's")
+    pr.add_argument("--tta", choices=["flip", "none"], help="average with the flipped crop "
+                    "(default: the bundle's)")
+    pr.add_argument("--sequence", action="store_true", help="a folder's images are one video's frames")
+    pr.add_argument("--fps", type=float, default=30.0, help="frame rate of image sequences")
+    pr.add_argument("--save-aligned", action="store_true", help="write the aligned face crops")
+    pr.add_argument("--render", action="store_true", help="also write an annotated video")
+    pr.add_argument("--skip-existing", action="store_true",
+                    help="skip inputs whose outputs exist for the same bundle and options")
+    pr.add_argument("--allow-random-weights", action="store_true",
+                    help="run a bundle made from the untrained backbone (tests, demo)")
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--quiet", action="store_true", help="no progress bars")
+    pr.set_defaults(func=_predict)
     q = sub.add_parser("query", help="SQL over the Parquet report tables (DuckDB)")
     q.add_argument("sql")
     q.add_argument("--store", default="artifacts", help="artifact folder (default: artifacts)")

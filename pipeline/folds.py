@@ -31,6 +31,21 @@ STANDARD_FOLDS: dict[Layout, dict[int, tuple[str, ...]]] = {
 _LAYOUT_OF_AU_SET = {AUSet.BP4D: Layout.BP4D, AUSet.DISFA: Layout.DISFA}
 
 
+ALL_SUBJECTS = 0  # the "fold" of a model trained on every subject (deployment): no test fold
+
+
+def fold_name(fold: int) -> str:
+    """Folder and display name of a fold: fold1, fold2, ..., or `all` for every subject."""
+    return "all" if fold == ALL_SUBJECTS else f"fold{fold}"
+
+
+def training_rows(folds: np.ndarray, fold: int) -> np.ndarray:
+    """(N,) bool: the rows a model of `fold` trains on: every row outside test fold k (fold-0
+    rows included), or every row for ALL_SUBJECTS."""
+    folds = np.asarray(folds)
+    return np.ones(len(folds), bool) if fold == ALL_SUBJECTS else folds != fold
+
+
 def standard_fold_of(layout: Layout) -> dict[str, int]:
     if layout not in STANDARD_FOLDS:
         raise ConfigError(f"no standard folds are built in for layout '{layout.value}'; "

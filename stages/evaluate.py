@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import RunConfig, Variant
+from pipeline.folds import ALL_SUBJECTS
 from pipeline.errors import ConfigError, StaleArtifact
 from pipeline.inference import predict
 from pipeline.manifest import au_set_of, label_matrix
@@ -82,7 +83,7 @@ def all_units(cfg: RunConfig, catalog: Catalog) -> list[EvalUnit]:
     heads = HeadInputs(cfg, catalog)
     head_keys = {}
     for v in variants:
-        for k in folds:
+        for k in [f for f in folds if f != ALL_SUBJECTS]:  # a model of every subject has no test
             path = checked_head(cfg, catalog, v, k, heads)
             head_keys[(v, k)] = (path, read_provenance(path)["key"])
     units = []

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from pipeline.config import RunConfig
 from pipeline.errors import InputError, StaleArtifact
-from pipeline.folds import holdout_subjects
+from pipeline.folds import ALL_SUBJECTS, fold_name, holdout_subjects, training_rows
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.models.vae import fit_vae, negative_elbo, prior_metrics
 from stages.contract import Plan, UnitResult
@@ -37,7 +37,7 @@ class PriorUnit:
 
     @property
     def name(self) -> str:
-        return f"fold{self.fold}"
+        return fold_name(self.fold)
 
     size = 0
 
@@ -64,13 +64,20 @@ def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) 
     name = cfg.dataset.name
     rec = manifests.checked(cfg, catalog)
     units, skipped = [], []
-    for fold in manifests.test_folds(catalog, name):
+    for fold in prior_folds(cfg, catalog, select):
         unit = PriorUnit(name, fold, expected_key(cfg, rec, fold))
         if force or trusted(catalog.prior(cfg, fold), unit.key) is None:
             units.append(unit)
         else:
             skipped.append(unit.name)
-    return Plan(units, skipped)
+    return Plan(units, skipped, {"select": select})
+
+
+def prior_folds(cfg: RunConfig, catalog: Catalog, select: dict | None = None) -> list[int]:
+    """Every test fold, and `all` (every subject) when the config or the command asks for it."""
+    folds = manifests.test_folds(catalog, cfg.dataset.name)
+    wanted = list((select or {}).get("folds") or cfg.train.folds or [])
+    return folds + ([ALL_SUBJECTS] if ALL_SUBJECTS in wanted else [])
 
 
 def prepare(cfg: RunConfig, catalog: Catalog, plan: Plan) -> None:
@@ -93,7 +100,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: PriorUnit, progress=None) -
     au_set = au_set_of(table)
     df = table.select(["subject", "fold"]).to_pandas()
     y = label_matrix(table, au_set)  # (N, L), NaN = unknown
-    train = (df["fold"].to_numpy() != unit.fold)
+    train = training_rows(df["fold"].to_numpy(), unit.fold)
     known = ~np.isnan(y).any(axis=1)
     n_unknown = int((train & ~known).sum())
     rows = train & known
@@ -142,13 +149,13 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: PriorUnit, progress=None) -
 def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResult]) -> dict:
     done = {r.data["fold"]: r.data for r in results if r.ok}
     folds = []
-    for fold in manifests.test_folds(catalog, cfg.dataset.name):
+    for fold in prior_folds(cfg, catalog, plan.context.get("select")):
         if fold in done:
             folds.append(done[fold])
             continue
         path = catalog.prior(cfg, fold)
         rec = read_provenance(path) or {}
-        failed = f"fold{fold}" not in plan.skipped
+        failed = fold_name(fold) not in plan.skipped
         folds.append({"fold": fold, "path": str(path), "metrics": rec.get("metrics"),
                       "selection": rec.get("selection"), "skipped": not failed, "failed": failed})
     return {"dataset": cfg.dataset.name, "folds": folds}

@@ -32,10 +32,11 @@ from stages.contract import Plan, UnitResult  # noqa: F401  (re-exported)
 from store.catalog import Catalog
 
 STAGES = ("manifest", "faces", "features", "prior", "train", "evaluate", "report")
+TOOLS = ("predict",)  # unit-based commands outside the dataset pipeline, same failure policy
 
 
 def module(stage: str):
-    if stage not in STAGES:
+    if stage not in STAGES + TOOLS:
         raise UserError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     return importlib.import_module(f"stages.{stage}")
 

@@ -18,6 +18,7 @@ import torch
 
 from pipeline.config import RunConfig, Variant
 from pipeline.errors import InputError, StaleArtifact
+from pipeline.folds import fold_name, training_rows
 from pipeline.labels import class_weights
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.models.heads import build_head, load_body
@@ -46,7 +47,7 @@ class TrainUnit:
 
     @property
     def name(self) -> str:
-        return f"{self.variant}-fold{self.fold}"
+        return f"{self.variant}-{fold_name(self.fold)}"
 
     size = 0
 
@@ -108,7 +109,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: TrainUnit, progress=None) -
     y = label_matrix(table, au_set)  # (N, L), NaN unknown
     store = heads.features
     valid = store.valid
-    train = (df["fold"].to_numpy() != unit.fold) & valid & ~np.isnan(y).all(axis=1)
+    train = training_rows(df["fold"].to_numpy(), unit.fold) & valid & ~np.isnan(y).all(axis=1)
     rows = np.flatnonzero(train)
     if len(rows) < 2:
         raise InputError(f"dataset '{unit.dataset}' fold {unit.fold}: {len(rows)} training frames "
@@ -174,7 +175,7 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
             continue
         final = catalog.head_checkpoint(cfg, Variant(v), k)
         rec = read_provenance(final) or {}
-        name = f"{v}-fold{k}"
+        name = f"{v}-{fold_name(k)}"
         out.append({"variant": v, "fold": k, "path": str(final), "skipped": name not in failed,
                     "failed": name in failed, "history": rec.get("history", []),
                     "random_weights": rec.get("random_weights")})

@@ -6,8 +6,8 @@ identities (`store.identity`), never from what happens to be on disk. Layout und
     {dataset}/manifest/manifest.parquet                      (+ .provenance.json, report json)
     {dataset}/faces/{detector}-{faces_id}/crops.zarr         aligned crops and per-frame records
     {dataset}/features/{backbone}-{weights}-{features_id}/features.zarr
-    {dataset}/prior/fold{k}/vae-{prior_id}.pt                VAE label prior
-    {dataset}/models/{variant}/fold{k}/{head label}-{head_id}/epoch{e}.pt, final.pt
+    {dataset}/prior/fold{k}/vae-{prior_id}.pt                VAE label prior (fold `all`: every
+    {dataset}/models/{variant}/fold{k}/{head label}-{head_id}/epoch{e}.pt, final.pt   subject)
     {dataset}/eval/{eval_dataset}/{variant}/fold{k}/{head folder}.parquet   cached predictions
     reports/{table}/dataset={d}/run={run}/part-0.parquet      hive-partitioned, append-only
     reports/rendered/{dataset}/...                            Markdown, HTML and PNG renderings
@@ -32,6 +32,7 @@ from typing import Iterable, Iterator
 
 from pipeline.config import RunConfig, Variant
 from pipeline.errors import StoreLocked
+from pipeline.folds import fold_name
 from pipeline.hashing import use_cache_file
 from store import identity as ident
 from store.provenance import BUILD_MARK, TMP_SUFFIX
@@ -86,12 +87,12 @@ class Catalog:
 
     # -- label prior and heads ------------------------------------------------------------------
     def prior(self, cfg: RunConfig, fold: int) -> Path:
-        return (self.dataset_dir(cfg.dataset.name) / "prior" / f"fold{fold}"
+        return (self.dataset_dir(cfg.dataset.name) / "prior" / fold_name(fold)
                 / f"vae-{ident.prior_id(cfg)[:ident.ID_CHARS]}.pt")
 
     def head_dir(self, cfg: RunConfig, variant: Variant, fold: int) -> Path:
         v = Variant(variant).value
-        return (self.dataset_dir(cfg.dataset.name) / "models" / v / f"fold{fold}"
+        return (self.dataset_dir(cfg.dataset.name) / "models" / v / fold_name(fold)
                 / _safe(ident.head_label(cfg, variant)))
 
     def head_checkpoint(self, cfg: RunConfig, variant: Variant, fold: int,

@@ -5,7 +5,8 @@ Its provenance record carries content keys of parts of the table, so a consumer 
 what it uses:
 
     rows           row, subject, video_id, frame, fold of every row (which frames exist)
-    train[k]       `rows` plus the labels of every row outside test fold k (what fold k trains on)
+    train[k]       `rows` plus the labels of every row outside test fold k (what fold k trains on;
+                   k = 0: every row, for a model trained on every subject)
     test[k]        the labels of the rows of test fold k (what fold k is scored on)
 
 so a flipped label retrains only the folds that train on it, and a `touch` changes nothing.
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import RunConfig
 from pipeline.errors import MissingArtifact, StaleArtifact
+from pipeline.folds import ALL_SUBJECTS, training_rows
 from pipeline.hashing import hash_files
 from pipeline.manifest import au_set_of
 from store.catalog import Catalog
@@ -58,7 +60,8 @@ def content_keys(table: pa.Table) -> dict:
     df = table.select(ROW_COLUMNS + au_cols).to_pandas()
     rows = frame_key(df, ROW_COLUMNS)
     folds = sorted(int(f) for f in df["fold"].unique() if f > 0)
-    train = {str(k): frame_key(df[df["fold"] != k], ["row", *au_cols]) for k in folds}
+    train = {str(k): frame_key(df[training_rows(df["fold"].to_numpy(), k)], ["row", *au_cols])
+             for k in [ALL_SUBJECTS, *folds]}
     test = {str(k): frame_key(df[df["fold"] == k], ["row", *au_cols]) for k in folds}
     return {"rows": rows, "train": {k: f"{rows}-{v}" for k, v in train.items()}, "test": test}
 

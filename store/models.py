@@ -22,6 +22,7 @@ from torch import nn
 
 from pipeline.config import RunConfig, Variant
 from pipeline.errors import ConfigError, MissingArtifact, StaleArtifact
+from pipeline.folds import ALL_SUBJECTS, fold_name, training_rows
 from pipeline.models.heads import build_head
 from store import features as feature_store
 from store import manifests
@@ -47,7 +48,9 @@ def prior_key(cfg: RunConfig, manifest_rec: dict, fold: int) -> str:
 def checked_prior(cfg: RunConfig, catalog: Catalog, fold: int, manifest_rec: dict) -> Path:
     path = catalog.prior(cfg, fold)
     if not path.exists():
-        raise MissingArtifact(f"no label prior for fold {fold} at {path}; run `aunet prior` first")
+        hint = " --fold all" if fold == ALL_SUBJECTS else ""
+        raise MissingArtifact(f"no label prior for {fold_name(fold)} at {path}; run `aunet "
+                              f"prior{hint}` first")
     if trusted(path, prior_key(cfg, manifest_rec, fold)) is None:
         raise StaleArtifact(f"label prior {path} was trained on other labels, settings or code "
                             "than this config's (or was changed since); run `aunet prior` first")
@@ -62,16 +65,17 @@ def head_selection(cfg: RunConfig, catalog: Catalog, select: dict | None) -> tup
     variants = [Variant(v) for v in (select.get("variants") or cfg.train.variants)]
     have = manifests.test_folds(catalog, cfg.dataset.name)
     folds = [int(k) for k in (select.get("folds") or cfg.train.folds or have)]
-    bad = [k for k in folds if k not in have]
+    bad = [k for k in folds if k not in have and k != ALL_SUBJECTS]
     if bad:
         raise ConfigError(f"fold {', '.join(map(str, bad))} is not a test fold of dataset "
-                          f"'{cfg.dataset.name}' (its folds: {', '.join(map(str, have))})")
+                          f"'{cfg.dataset.name}' (its folds: {', '.join(map(str, have))}; `all` "
+                          "trains on every subject)")
     return variants, folds
 
 
 def training_shards(folds: np.ndarray, fold: int, frames_per_shard: int) -> list[int]:
-    """Shards holding at least one row outside test fold `fold`."""
-    rows = np.flatnonzero(np.asarray(folds) != fold)
+    """Shards holding at least one training row of `fold`."""
+    rows = np.flatnonzero(training_rows(folds, fold))
     return sorted(set((rows // frames_per_shard).tolist()))
 
 

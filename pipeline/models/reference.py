@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from pipeline.errors import UserError
 from pipeline.models.heads import TDNHead
 
 # The reference's test script builds its head with alpha=0.9, beta=0.1 (the class defaults are
@@ -50,7 +51,7 @@ RELEASED_MODULES: tuple[tuple[str, str], ...] = (
 )
 
 
-class ReferenceFormatError(ValueError):
+class ReferenceFormatError(UserError, ValueError):
     """A file or state dict that is not a released AUNet head (a ValueError: bad user input)."""
 
 

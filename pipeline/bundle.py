@@ -1,0 +1,160 @@
+"""Portable model bundles: everything `aunet predict` needs to run a trained model anywhere.
+
+A bundle is a folder:
+
+    model.json       what the model is (BundleSpec below): format version, variant, AUs in order,
+                     thresholds, temporal offset T, crop mode and parameters, backbone and its
+                     weights' SHA-256, detector, provenance (where and how it was trained, on
+                     which subjects and folds, with which metrics), random_weights
+    head.pt          the head's weights (this project's layout, or the reference's released one)
+    fan.pth          the frozen FAN's weights (copied; absent for the random-weight opt-in)
+    detector/        the face detector's weight files (copied)
+
+Every file's SHA-256 is in model.json and checked when the bundle loads. A bundle made from the
+randomly initialised backbone says so, and loading it needs an explicit opt-in.
+"""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.config import (Backbone, CropMode, FacesConfig, FeaturesConfig, TemporalMode,
+                             Variant)
+from pipeline.errors import UserError
+from pipeline.hashing import file_sha256
+
+FORMAT, FORMAT_VERSION = "aunet-bundle", 1
+SPEC_FILE, HEAD_FILE, FAN_FILE, DETECTOR_DIR = "model.json", "head.pt", "fan.pth", "detector"
+
+
+class BundleError(UserError, ValueError):
+    """Not a usable bundle: missing or changed files, another format, no random-weight opt-in."""
+
+
+class HeadLayout(str, Enum):
+    PROJECT = "project"  # our module names (StaticHead / TDNHead state dict)
+    RELEASED = "released"  # the reference's released file, loaded by position
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CropSpec(Strict):
+    mode: CropMode = CropMode.ALIGNED
+    size: int = 256
+    eye_distance: float = 0.30
+    box_margin: float = 0.25
+
+
+class BackboneSpec(Strict):
+    variant: Backbone = Backbone.FAN2
+    sha256: Optional[str] = None  # of fan.pth; None for random weights
+    random_seed: Optional[int] = None  # the random-weight opt-in: rebuilt from this seed
+
+
+class DetectorSpec(Strict):
+    faces: dict = Field(default_factory=dict)  # FacesConfig fields (weights paths bundle-relative)
+    files: dict[str, str] = Field(default_factory=dict)  # role -> SHA-256 of detector/<file>
+
+
+class BundleSpec(Strict):
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    name: str
+    variant: Variant
+    aus: list[str]
+    thresholds: dict[str, float]
+    temporal_offset: int = 10
+    default_temporal: TemporalMode = TemporalMode.CACHED
+    tta_flip: bool = False  # the reference averages logits with the horizontally flipped crop
+    crop: CropSpec = CropSpec()
+    backbone: BackboneSpec = BackboneSpec()
+    head_layout: HeadLayout = HeadLayout.PROJECT
+    head_sha256: str
+    detector: DetectorSpec = DetectorSpec()
+    random_weights: bool = False
+    provenance: dict = Field(default_factory=dict)
+
+
+def read_spec(folder: Path) -> BundleSpec:
+    path = Path(folder) / SPEC_FILE
+    if not path.is_file():
+        raise BundleError(f"{folder} is not a model bundle (no {SPEC_FILE}); make one with "
+                          "`aunet export` or `aunet import-reference`")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: cannot read ({e})") from None
+    if raw.get("format") != FORMAT or raw.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path}: format {raw.get('format')!r} version "
+                          f"{raw.get('format_version')!r}; this version reads {FORMAT} "
+                          f"{FORMAT_VERSION}")
+    try:
+        return BundleSpec.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise BundleError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def bundle_id(folder: Path) -> str:
+    """A bundle's identity: the SHA-256 of its model.json (which holds every file's hash)."""
+    return file_sha256(Path(folder) / SPEC_FILE)[:16]
+
+
+def _check(folder: Path, name: str, sha: Optional[str]) -> Path:
+    path = Path(folder) / name
+    if not path.is_file():
+        raise BundleError(f"bundle {folder}: {name} is missing")
+    if sha is not None and file_sha256(path) != sha:
+        raise BundleError(f"bundle {folder}: {name} does not hold the bytes model.json records "
+                          "(changed or corrupt); export or import the bundle again")
+    return path
+
+
+def detector_config(folder: Path, spec: BundleSpec) -> FacesConfig:
+    """The detector settings with the bundle's own weight files, each checked."""
+    faces = dict(spec.detector.faces)
+    for role, sha in spec.detector.files.items():
+        key = {"weights": "detector_weights", "anchors": "detector_anchors"}.get(role)
+        path = _check(folder, f"{DETECTOR_DIR}/{faces.get(f'{role}_file', role)}", sha)
+        if key:
+            faces[key] = path
+    faces = {k: v for k, v in faces.items() if not k.endswith("_file")}
+    return FacesConfig.model_validate(faces)
+
+
+def load_backbone_of(folder: Path, spec: BundleSpec, allow_random_weights: bool):
+    """(frozen FAN, weights id) of a bundle; random weights only with the explicit opt-in."""
+    from pipeline.models.fan import load_backbone
+
+    if spec.random_weights or spec.backbone.random_seed is not None:
+        if not allow_random_weights:
+            raise BundleError(f"bundle {folder} was made with the randomly initialised backbone "
+                              "(tests and the demo only); pass --allow-random-weights to run it "
+                              "anyway: its outputs then say so on every row")
+        cfg = FeaturesConfig(backbone=spec.backbone.variant, allow_random_weights=True,
+                             seed=spec.backbone.random_seed or 0)
+    else:
+        cfg = FeaturesConfig(backbone=spec.backbone.variant,
+                             weights=_check(folder, FAN_FILE, spec.backbone.sha256))
+    model, weights_id, _ = load_backbone(cfg)
+    return model, weights_id
+
+
+def load_head_of(folder: Path, spec: BundleSpec) -> torch.nn.Module:
+    from pipeline.models.heads import build_head
+    from pipeline.models.reference import load_released_file
+
+    path = _check(folder, HEAD_FILE, spec.head_sha256)
+    if spec.head_layout is HeadLayout.RELEASED:
+        head = load_released_file(path, len(spec.aus))
+    else:
+        head = build_head(spec.variant, len(spec.aus))
+        head.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return head.eval()

@@ -1,0 +1,175 @@
+"""Model bundles (pipeline/bundle.py): export a trained head, import the paper's released files,
+list what a folder holds. Every file of a bundle is written atomically with its SHA-256 recorded.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from pipeline.aus import au_column
+from pipeline.bundle import (DETECTOR_DIR, FAN_FILE, HEAD_FILE, SPEC_FILE, BackboneSpec, BundleError,
+                             BundleSpec, CropSpec, DetectorSpec, HeadLayout, read_spec)
+from pipeline.config import (Backbone, CropMode, DetectorKind, FacesConfig, RunConfig, TemporalMode,
+                             Variant)
+from pipeline.detect import resolve_weights
+from pipeline.folds import ALL_SUBJECTS, fold_name
+from pipeline.hashing import file_sha256
+from pipeline.models.reference import read_released_file
+from store import manifests
+from store.catalog import Catalog
+from store.models import checked_head, read_checkpoint
+from store.provenance import atomic_path, read_provenance, write_json
+
+# The reference release: its files, AU sets and published Avg F1 (its README and the paper).
+REFERENCE_HEADS = {
+    **{f"bp4d_split{k}": ((1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24), "BP4D", k, 65.0) for k in (1, 2, 3)},
+    **{f"disfa_split{k}": ((1, 2, 4, 6, 9, 12, 25, 26), "DISFA", k, 66.1) for k in (1, 2, 3)},
+    "cross_model": ((1, 2, 4, 6, 7, 9, 10, 12, 14, 15, 17, 23, 24, 25, 26), "undocumented", None, None),
+}
+REFERENCE_URL = "https://github.com/jingyang2017/AU-Net"
+REFERENCE_T = 10  # the reference's temporal offset
+DEFAULT_THRESHOLD = 0.5
+
+
+def _copy(src: Path, dst: Path) -> str:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return file_sha256(dst)
+
+
+def _detector(faces: FacesConfig, folder: Path) -> DetectorSpec:
+    """The detector's settings and its weight files, copied into the bundle."""
+    if faces.detector is DetectorKind.PROVIDED:  # landmarks came with the data: users need one
+        faces = FacesConfig(detector=DetectorKind.BLAZEFACE, size=faces.size,
+                            eye_distance=faces.eye_distance, box_margin=faces.box_margin)
+    params = json.loads(faces.model_dump_json(exclude={"detector_weights", "detector_anchors"}))
+    files = {}
+    for role, path in resolve_weights(faces).items():
+        params[f"{role}_file"] = Path(path).name
+        files[role] = _copy(Path(path), folder / DETECTOR_DIR / Path(path).name)
+    return DetectorSpec(faces=params, files=files)
+
+
+def _write(folder: Path, spec: BundleSpec) -> Path:
+    write_json(folder / SPEC_FILE, json.loads(spec.model_dump_json()))
+    return folder
+
+
+def export(cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int, out: Path,
+           name: str | None = None, detector: FacesConfig | None = None) -> Path:
+    """A bundle of this config's trained head of (variant, fold): fold `all` (0) is the model
+    of every subject, what a user deploys; fold k was trained without test fold k."""
+    variant = Variant(variant)
+    head = checked_head(cfg, catalog, variant, fold)
+    blob = read_checkpoint(head)
+    rec = read_provenance(head) or {}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / HEAD_FILE) as tmp:
+        torch.save(blob["state_dict"], tmp)
+    f = cfg.features
+    random = f.weights is None and not f.allow_download
+    backbone = BackboneSpec(variant=f.backbone, random_seed=f.seed if random else None,
+                            sha256=None if random else _copy(Path(f.weights), out / FAN_FILE))
+    if f.allow_download and f.weights is None:
+        raise BundleError("export needs the FAN weights as a local file: set features.weights")
+    table = manifests.load(catalog, cfg.dataset.name, ["subject", "fold"]).to_pandas()
+    subjects = sorted(table.subject[table.fold != fold].unique()) if fold != ALL_SUBJECTS \
+        else sorted(table.subject.unique())
+    metrics = {}
+    if fold != ALL_SUBJECTS:  # this head's own test fold scores, from the latest matching run
+        metrics = _fold_metrics(cfg, catalog, variant, fold)
+    spec = BundleSpec(
+        name=name or f"{cfg.dataset.name}-{variant.value}-{fold_name(fold)}", variant=variant,
+        aus=list(blob["au_columns"]), thresholds={a: cfg.eval.threshold for a in blob["au_columns"]},
+        temporal_offset=int(blob["temporal_offset"]),
+        crop=CropSpec(mode=CropMode.ALIGNED, size=cfg.faces.size,
+                      eye_distance=cfg.faces.eye_distance, box_margin=cfg.faces.box_margin),
+        backbone=backbone, head_layout=HeadLayout.PROJECT, head_sha256=file_sha256(out / HEAD_FILE),
+        detector=_detector(detector or cfg.faces, out), random_weights=bool(blob.get("random_weights")),
+        provenance={"source": "trained here", "dataset": cfg.dataset.name, "fold": fold_name(fold),
+                    "trained_on_subjects": subjects, "head": catalog.rel(head),
+                    "head_key": rec.get("key"), "code": rec.get("code"),
+                    "identity": rec.get("identity"), "test_metrics": metrics})
+    return _write(out, spec)
+
+
+def _fold_metrics(cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int) -> dict:
+    from store import tables
+    from store.identity import eval_id
+
+    run = tables.latest_run(catalog, cfg.dataset.name, eval_id(cfg))
+    if run is None:
+        return {}
+    m = tables.read_run(catalog, "metrics", cfg.dataset.name, run).to_pandas()
+    m = m[(m.variant == Variant(variant).value) & (m.fold == str(fold))
+          & (m.eval_dataset == cfg.dataset.name)]
+    return {"run": run, "f1": {r.au: round(float(r.f1), 4) for r in m.itertuples()}}
+
+
+def import_reference(src: Path | None, out: Path, *, head: Path | None = None,
+                     fan: Path | None = None, aus: list[int] | None = None,
+                     name: str | None = None, detector: FacesConfig | None = None) -> list[Path]:
+    """Bundles of the paper's released models: from a clone of the reference repository (one per
+    checkpoint found), or from one head file and the FAN file with their AU numbers."""
+    if src is not None:
+        src = Path(src)
+        fan = src / "models" / "2dfan2.pth"
+        found = [(p, *REFERENCE_HEADS[p.stem]) for p in sorted((src / "checkpoints").glob("*.pth"))
+                 if p.stem in REFERENCE_HEADS]
+        if not found:
+            raise BundleError(f"{src}: no released checkpoints (checkpoints/bp4d_split1.pth, ...); "
+                              f"give a clone of {REFERENCE_URL}")
+        jobs = [(p, aus_, f"aunet-{p.stem.replace('_split', '-split')}", data, k, f1)
+                for p, aus_, data, k, f1 in found]
+    else:
+        if head is None or fan is None or not aus:
+            raise BundleError("import-reference needs a clone of the reference, or --head, --fan "
+                              "and --aus")
+        jobs = [(Path(head), tuple(aus), name or f"aunet-{Path(head).stem}", "unknown", None, None)]
+    if not Path(fan).is_file():
+        raise BundleError(f"FAN weights not found: {fan} (the release's models/2dfan2.pth)")
+    made = []
+    for path, numbers, bundle_name, data, k, f1 in jobs:
+        state = read_released_file(path)  # checked now: a bad file fails before anything is written
+        from pipeline.models.reference import load_released_head
+
+        load_released_head(state, len(numbers), source=str(path))
+        folder = Path(out) / bundle_name
+        folder.mkdir(parents=True, exist_ok=True)
+        head_sha = _copy(path, folder / HEAD_FILE)
+        columns = [au_column(n) for n in numbers]
+        spec = BundleSpec(
+            name=bundle_name, variant=Variant.AUNET, aus=columns,
+            thresholds={a: DEFAULT_THRESHOLD for a in columns}, temporal_offset=REFERENCE_T,
+            default_temporal=TemporalMode.EXACT, tta_flip=True,
+            crop=CropSpec(mode=CropMode.REFERENCE, size=256),
+            backbone=BackboneSpec(variant=Backbone.FAN2, sha256=_copy(Path(fan), folder / FAN_FILE)),
+            head_layout=HeadLayout.RELEASED, head_sha256=head_sha,
+            detector=_detector(detector or FacesConfig(), folder),
+            provenance={"source": f"imported from the reference release ({REFERENCE_URL})",
+                        "file": str(path), "file_sha256": head_sha, "trained_on": data,
+                        "test_fold": k, "published_avg_f1": f1,
+                        "note": "the reference crops around a RetinaFace box; this bundle uses "
+                                "the configured detector's box (docs/predict.md)"})
+        made.append(_write(folder, spec))
+    return made
+
+
+def list_models(folder: Path) -> list[dict]:
+    """Every bundle under `folder`: name, AUs, provenance summary (unreadable ones named)."""
+    out = []
+    for spec_file in sorted(Path(folder).rglob(SPEC_FILE)):
+        try:
+            spec = read_spec(spec_file.parent)
+            out.append({"path": str(spec_file.parent), "name": spec.name, "variant": spec.variant.value,
+                        "aus": spec.aus, "random_weights": spec.random_weights,
+                        "source": spec.provenance.get("source"),
+                        "trained_on": spec.provenance.get("dataset") or spec.provenance.get("trained_on"),
+                        "fold": spec.provenance.get("fold") or spec.provenance.get("test_fold")})
+        except BundleError as e:
+            out.append({"path": str(spec_file.parent), "error": str(e)})
+    return out

@@ -1,0 +1,136 @@
+"""What `aunet predict` writes: OpenFace-style tables, timelines, aligned crops, annotated video.
+
+Tables (docs/predict.md, "Output columns"): video layout `frame, face_id, timestamp, confidence,
+success`, image layout `file, face, confidence, success`; then the face box, the 5 keypoints,
+`AUxx_c` (0/1 at the bundle's threshold) and `AUxx_p` (probability, 4 decimals) for the bundle's
+AUs. A frame without a face has a row with `success = 0` and empty AU cells (never 0). CSV uses
+OpenFace's `, ` separator. Every file is written atomically.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from pipeline.predictor import Row
+from store.provenance import RANDOM_WEIGHTS_BANNER, atomic_path
+
+BOX_COLUMNS = ["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]
+KP_COLUMNS = [f"kp_x_{i}" for i in range(5)] + [f"kp_y_{i}" for i in range(5)]
+CSV_SEP = ", "
+UNTRAINED_COLUMN = "untrained_backbone"  # 1 on every row of a random-weight bundle's output
+
+
+def table(rows: Iterable[Row], aus: list[str], thresholds: dict[str, float], *, fps: float | None,
+          files: list[str] | None = None, random_weights: bool = False) -> pd.DataFrame:
+    """The output table. fps: video layout with timestamps; files: image layout (one per row)."""
+    recs = []
+    for i, r in enumerate(rows):
+        rec = {} if files is None else {"file": files[i]}
+        if files is None:
+            rec |= {"frame": r.frame + 1, "face_id": r.face_id,
+                    "timestamp": round(r.frame / fps, 3) if fps else float("nan")}
+        else:
+            rec["face"] = r.face_id
+        rec |= {"confidence": r.score if r.success else 0.0, "success": int(r.success)}
+        rec |= dict(zip(BOX_COLUMNS, np.round(r.box.astype(float), 1)))
+        rec |= dict(zip(KP_COLUMNS, np.round(np.concatenate([r.kp[:, 0], r.kp[:, 1]]).astype(float), 1)))
+        for j, au in enumerate(aus):
+            p = None if r.probs is None else float(r.probs[j])
+            rec[f"{au}_c"] = None if p is None else int(p >= thresholds[au])
+            rec[f"{au}_p"] = None if p is None else round(p, 4)
+        recs.append(rec)
+    prefix = ["file", "face"] if files is not None else ["frame", "face_id", "timestamp"]
+    order = [*prefix, "confidence", "success", *BOX_COLUMNS, *KP_COLUMNS,
+             *[f"{au}_c" for au in aus], *[f"{au}_p" for au in aus]]
+    df = pd.DataFrame(recs, columns=order)
+    for au in aus:  # nullable ints: an empty cell, never 0, where no face was found
+        df[f"{au}_c"] = df[f"{au}_c"].astype("Int8")
+    if random_weights:
+        df[UNTRAINED_COLUMN] = 1
+    return df
+
+
+def write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
+    with atomic_path(path) as tmp:
+        if fmt == "parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            text = df.to_csv(index=False, sep="\x1f", na_rep="", float_format="%.4g")
+            tmp.write_text(text.replace("\x1f", CSV_SEP))
+
+
+def timeline(df: pd.DataFrame, aus: list[str], title: str, path: Path, banner: bool) -> None:
+    """Per-AU probability against time for face 0, frames without a face shaded grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = df[df.face_id == 0] if "face_id" in df else df
+    x = d["frame"].to_numpy()
+    fig, axes = plt.subplots(len(aus), 1, figsize=(10, 0.55 * len(aus) + 1.3), sharex=True,
+                             squeeze=False)
+    no_face = d["success"].to_numpy() == 0
+    for ax, au in zip(axes[:, 0], aus):
+        p = pd.to_numeric(d[f"{au}_p"], errors="coerce").to_numpy(float)
+        ax.fill_between(x, 0, 1, where=no_face, color="#dddddd", step="mid", linewidth=0)
+        ax.plot(x, p, lw=1, color="#1f77b4")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_yticks([])
+        ax.set_ylabel(au, rotation=0, ha="right", va="center", fontsize=8)
+    axes[-1, 0].set_xlabel("frame (grey: no face)")
+    fig.suptitle(title, fontsize=9)
+    if banner:
+        fig.text(0.5, 0.995, RANDOM_WEIGHTS_BANNER, ha="center", va="top", fontsize=7,
+                 color="white", wrap=True, bbox={"facecolor": "#b00000", "edgecolor": "none"})
+    fig.tight_layout(rect=(0, 0, 1, 0.93 if banner else 0.97))
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def save_aligned(folder: Path, row: Row, image_name: str | None = None) -> None:
+    """OpenFace's convention: {stem}_aligned/frame_det_{face:02d}_{frame:06d}.png (1-based) for
+    video frames; {image stem}_det_{face:02d}.png for independent images."""
+    name = (f"frame_det_{row.face_id:02d}_{row.frame + 1:06d}.png" if image_name is None
+            else f"{Path(image_name).stem}_det_{row.face_id:02d}.png")
+    ok, data = cv2.imencode(".png", cv2.cvtColor(row.crop, cv2.COLOR_RGB2BGR))
+    with atomic_path(folder / name) as tmp:
+        tmp.write_bytes(data.tobytes())
+
+
+def render(frames, df: pd.DataFrame, aus: list[str], path: Path, fps: float, banner: bool) -> None:
+    """An annotated copy of the video from its table (a second decoding pass, so memory stays
+    flat): each face's box and the AUs that are on."""
+    path = Path(path)
+    by_frame = {f: g for f, g in df[df.success == 1].groupby("frame")}
+    writer, tmp = None, path.with_name(f".{path.name}.tmp.mp4")
+    try:
+        for index, image in frames:
+            frame = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+            if writer is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                         (frame.shape[1], frame.shape[0]))
+            for r in by_frame.get(index + 1, pd.DataFrame()).itertuples():
+                x0, y0, x1, y1 = (int(getattr(r, c)) for c in BOX_COLUMNS)
+                on = [au for au in aus if getattr(r, f"{au}_c") == 1]
+                cv2.rectangle(frame, (x0, y0), (x1, y1), (0, 200, 0), 2)
+                cv2.putText(frame, f"{r.face_id}: " + " ".join(on), (x0, max(y0 - 6, 12)),
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 200, 0), 1, cv2.LINE_AA)
+            if banner:
+                cv2.putText(frame, "UNTRAINED BACKBONE: not AU detection", (8, 20),
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 255), 2, cv2.LINE_AA)
+            writer.write(frame)
+        if writer is not None:
+            writer.release()
+            writer = None
+            tmp.replace(path)
+    finally:
+        if writer is not None:
+            writer.release()
+        tmp.unlink(missing_ok=True)
