@@ -97,6 +97,26 @@ def export(cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int, out: P
     return _write(out, spec)
 
 
+def untrained(out: Path, variant: Variant, aus: list[str], *, crop_size: int = 256, seed: int = 0,
+              temporal_offset: int = REFERENCE_T, detector: FacesConfig | None = None) -> Path:
+    """A bundle of an untrained head on the random backbone: for benchmarks and smoke tests of
+    the prediction path only (random_weights is set, so predict refuses it without opt-in)."""
+    from pipeline.models.heads import build_head
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    with atomic_path(out / HEAD_FILE) as tmp:
+        torch.save(build_head(variant, len(aus)).eval().state_dict(), tmp)
+    spec = BundleSpec(name=f"untrained-{Variant(variant).value}", variant=variant, aus=list(aus),
+                      thresholds={a: DEFAULT_THRESHOLD for a in aus}, temporal_offset=temporal_offset,
+                      crop=CropSpec(size=crop_size), backbone=BackboneSpec(random_seed=seed),
+                      head_sha256=file_sha256(out / HEAD_FILE),
+                      detector=_detector(detector or FacesConfig(), out), random_weights=True,
+                      provenance={"source": "untrained (benchmarks and tests only)"})
+    return _write(out, spec)
+
+
 def _fold_metrics(cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int) -> dict:
     from store import tables
     from store.identity import eval_id

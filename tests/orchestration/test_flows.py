@@ -114,3 +114,28 @@ def test_local_dask_dashboard_binds_loopback(tiny):
     runner = task_runner(cfg, "faces")
     assert runner.cluster_kwargs["dashboard_address"] == "127.0.0.1:8787"
     assert cfg.dask.dashboard_address.startswith("127.0.0.1:")
+
+
+def test_predict_flow_fans_out_per_input_and_fails_by_name(harness, tmp_path):
+    from conftest import SHARED, run_stages, write_mini_dataset
+    from flows.predict_flow import PredictParams, predict_flow
+    from pipeline.config import FacesConfig
+    from stages.bundles import export
+
+    blaze = SHARED / "weights" / "blazeface" / "blazeface.pth"
+    if not blaze.exists():
+        pytest.skip(f"{SHARED} absent")
+    cfg = load_config(write_mini_dataset(tmp_path, train={"epochs": 1, "max_steps_per_epoch": 1,
+                                                          "variants": ["au_fan"], "folds": [1]}))
+    run_stages(cfg, "manifest", "faces", "features", "train")
+    bundle = export(cfg, Catalog(cfg.store), "au_fan", 1, tmp_path / "bundle",
+                    detector=FacesConfig(detector_weights=blaze))
+    (tmp_path / "broken.mp4").write_bytes(b"")
+    params = PredictParams(inputs=[str(SHARED / "media" / "videos" / "single_face.mp4"),
+                                   str(tmp_path / "broken.mp4")],
+                           model=str(bundle), out=str(tmp_path / "out"), allow_random_weights=True)
+    state = predict_flow(params, return_state=True)
+    assert state.is_failed() and "broken" in state.message and "1 input(s) failed" in state.message
+    assert (tmp_path / "out" / "single_face.csv").exists()
+    with pytest.raises(ValidationError, match="bogus"):
+        PredictParams(inputs=[], model="m", out="o", bogus=1)

@@ -1,0 +1,166 @@
+"""`aunet predict` speed and memory on a real video (../shared/media/videos/single_face.mp4).
+
+Speed: end-to-end frames/s of the predict stage (one input, in-process) with the share of decode,
+detection, crop, FAN and head, against the same parts run bare on the same frames (decode all
+frames; detect them in batches; warp the crops; FAN over the crops in batches; the head over the
+features): ratio = bare seconds / predict seconds (target >= 0.85).
+Memory: peak resident memory of a fresh process predicting the video, and the same video repeated
+four times (ratio target <= 1.15: flat in video length).
+
+    .venv/bin/python benchmarks/bench_predict.py [--temporal cached|exact] [--crop 256]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from pipeline.aus import AUSet
+from pipeline.config import FacesConfig, PredictConfig, TemporalMode, Variant
+from pipeline.video import iter_video, video_fps
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+VIDEO = SHARED / "media" / "videos" / "single_face.mp4"
+BLAZE = SHARED / "weights" / "blazeface" / "blazeface.pth"
+
+
+def make_bundle(folder: Path, crop: int, variant: Variant) -> Path:
+    from stages.bundles import untrained
+
+    return untrained(folder, variant, AUSet.BP4D.columns, crop_size=crop,
+                     detector=FacesConfig(detector_weights=BLAZE))
+
+
+def predict_once(bundle: Path, video: Path, out: Path, temporal: str) -> dict:
+    from stages import predict
+
+    cfg = PredictConfig(inputs=(video,), model=bundle, out=out, temporal=TemporalMode(temporal),
+                        allow_random_weights=True, device="cpu")
+    s = predict.run(cfg, progress=False)
+    assert not s["failed"], s["failed"]
+    return s["results"][0]
+
+
+def bare(bundle: Path, video: Path, temporal: str) -> dict:
+    """The same parts with no pipeline around them, on the same frames."""
+    from pipeline.bundle import detector_config, load_backbone_of, load_head_of, read_spec
+    from pipeline.detect import make_detector
+    from pipeline.predictor import Engine
+    from pipeline.tracking import largest
+
+    spec = read_spec(bundle)
+    eng = Engine(bundle, spec, temporal=TemporalMode(temporal), tta_flip=False,
+                 allow_random_weights=True)
+    fan, head, det = eng.fan, eng.head, make_detector(detector_config(bundle, spec))
+    t = {}
+    t0 = time.perf_counter()
+    frames = [img for _, img in iter_video(video)]
+    t["decode"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dets = []
+    for i in range(0, len(frames), 16):
+        dets += det.detect_batch(frames[i:i + 16])
+    t["detect"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    crops = []
+    for img, d in zip(frames, dets):
+        for k in largest(d, 24):
+            crops.append(cv2.warpAffine(img, eng.transform(d.boxes[k], d.keypoints[k]),
+                                        (spec.crop.size, spec.crop.size)))
+    t["crop"] = time.perf_counter() - t0
+    passes = 3 if (temporal == "exact" and head.temporal) else 1
+    t0 = time.perf_counter()
+    feats = []
+    with torch.inference_mode():
+        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
+        for _ in range(passes):
+            for i in range(0, len(x), 8):
+                feats.append(fan(x[i:i + 8].float() / 255).half())
+    t["fan"] = time.perf_counter() - t0
+    f = torch.cat(feats[:-(-len(x) // 8)]).float()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(f), 8):
+            fb = f[i:i + 8]
+            head(fb, fb, fb) if head.temporal else head(fb)
+    t["head"] = time.perf_counter() - t0
+    return t
+
+
+def repeated(video: Path, times: int, out: Path) -> Path:
+    """The video written `times` times in a row (the same frames, a longer file)."""
+    writer = None
+    for _ in range(times):
+        for _, img in iter_video(video):
+            if writer is None:
+                writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), video_fps(video),
+                                         (img.shape[1], img.shape[0]))
+            writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return out
+
+
+def peak_rss_mb(bundle: Path, video: Path, out: Path, temporal: str) -> float:
+    """Peak resident memory (MB) of a fresh process that predicts one video."""
+    code = (f"import sys; sys.path[:0] = {sys.path!r}\n"
+            "from benchmarks.bench_predict import predict_once\nfrom pathlib import Path\n"
+            f"predict_once(Path({str(bundle)!r}), Path({str(video)!r}), Path({str(out)!r}), {temporal!r})\n"
+            "import resource, json; print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))")
+    cp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                        cwd=Path(__file__).resolve().parents[1])
+    return json.loads(cp.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--temporal", default="cached", choices=["cached", "exact"])
+    ap.add_argument("--crop", type=int, default=256)
+    ap.add_argument("--variant", default="aunet")
+    ap.add_argument("--memory", action="store_true", help="also measure peak memory (2 processes)")
+    args = ap.parse_args()
+    if not VIDEO.exists() or not BLAZE.exists():
+        print(f"skipped: {VIDEO} or {BLAZE} not found (../shared absent)")
+        return 0
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        bundle = make_bundle(tmp / "bundle", args.crop, Variant(args.variant))
+        predict_once(bundle, VIDEO, tmp / "warm", args.temporal)  # warm-up: imports, weights
+        best = None
+        for rep in range(2):
+            t0 = time.perf_counter()
+            r = predict_once(bundle, VIDEO, tmp / f"o{rep}", args.temporal)
+            wall = time.perf_counter() - t0
+            parts = bare(bundle, VIDEO, args.temporal)
+            if best is None or wall / sum(parts.values()) < best[0] / sum(best[2].values()):
+                best = (wall, r, parts)
+        wall, r, parts = best
+        n = r["frames"]
+        total = sum(parts.values())
+        print(f"== predict {VIDEO.name}: {n} frames, {args.variant} ({args.temporal}), crop "
+              f"{args.crop}, {torch.get_num_threads()} torch threads")
+        print(f"predict stage : {n / wall:7.2f} frames/s ({wall:.2f} s; shares: " + ", ".join(
+            f"{k} {100 * v / wall:.0f}%" for k, v in r["timing"].items()) + ")")
+        print(f"bare parts    : {n / total:7.2f} frames/s ({total:.2f} s: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in parts.items()) + ")")
+        print(f"RATIO bare / predict = {total / wall:.3f} (target >= 0.85)")
+        if args.memory:
+            long = repeated(VIDEO, 4, tmp / "x4.mp4")
+            one = peak_rss_mb(bundle, VIDEO, tmp / "m1", args.temporal)
+            four = peak_rss_mb(bundle, long, tmp / "m4", args.temporal)
+            print(f"peak memory: {one:.0f} MB for the video, {four:.0f} MB for it 4 times "
+                  f"over: RATIO {four / one:.3f} (target <= 1.15)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
