@@ -7,7 +7,8 @@ features): ratio = bare seconds / predict seconds (target >= 0.85).
 Memory: peak resident memory of a fresh process predicting the video, and the same video repeated
 four times (ratio target <= 1.15: flat in video length).
 
-    .venv/bin/python benchmarks/bench_predict.py [--temporal cached|exact] [--crop 256]
+    .venv/bin/python benchmarks/bench_predict.py [--temporal cached|exact] [--crop 256] [--memory]
+        [--agreement] [--bundle DIR]   (--bundle: a trained bundle instead of an untrained one)
 """
 from __future__ import annotations
 
@@ -120,12 +121,37 @@ def peak_rss_mb(bundle: Path, video: Path, out: Path, temporal: str) -> float:
     return json.loads(cp.stdout.strip().splitlines()[-1]) / 1024
 
 
+def agreement(bundle: Path, tmp: Path) -> None:
+    """`cached` against `exact` on the shared videos: AU decisions agreeing, speed."""
+    import pandas as pd
+
+    for name in ("single_face.mp4", "face_noface.mov"):
+        video, res = VIDEO.parent / name, {}
+        for mode in ("cached", "exact"):
+            t0 = time.perf_counter()
+            r = predict_once(bundle, video, tmp / mode, mode)
+            res[mode] = (pd.read_csv(tmp / mode / f"{video.stem}.csv", skipinitialspace=True),
+                         r["frames"] / (time.perf_counter() - t0))
+        a, b = res["cached"][0], res["exact"][0]
+        face = (a.success == 1).to_numpy()
+        c = [x for x in a.columns if x.endswith("_c")]
+        p = [x for x in a.columns if x.endswith("_p")]
+        agree = (a.loc[face, c].to_numpy() == b.loc[face, c].to_numpy()).mean()
+        dp = np.abs(a.loc[face, p].to_numpy(float) - b.loc[face, p].to_numpy(float))
+        print(f"{name}: {face.sum()} face frames; AU decisions agree {100 * agree:.1f}%, mean "
+              f"|p_exact - p_cached| {dp.mean():.5f}; cached {res['cached'][1]:.2f} frames/s, "
+              f"exact {res['exact'][1]:.2f} frames/s")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--temporal", default="cached", choices=["cached", "exact"])
     ap.add_argument("--crop", type=int, default=256)
     ap.add_argument("--variant", default="aunet")
+    ap.add_argument("--bundle", help="measure this bundle (e.g. the demo's exported AUNet)")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory (2 processes)")
+    ap.add_argument("--agreement", action="store_true",
+                    help="also compare the cached and exact temporal modes on the shared videos")
     args = ap.parse_args()
     if not VIDEO.exists() or not BLAZE.exists():
         print(f"skipped: {VIDEO} or {BLAZE} not found (../shared absent)")
@@ -133,7 +159,8 @@ def main() -> int:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        bundle = make_bundle(tmp / "bundle", args.crop, Variant(args.variant))
+        bundle = Path(args.bundle) if args.bundle else make_bundle(tmp / "bundle", args.crop,
+                                                                   Variant(args.variant))
         predict_once(bundle, VIDEO, tmp / "warm", args.temporal)  # warm-up: imports, weights
         best = None
         for rep in range(2):
@@ -159,6 +186,8 @@ def main() -> int:
             four = peak_rss_mb(bundle, long, tmp / "m4", args.temporal)
             print(f"peak memory: {one:.0f} MB for the video, {four:.0f} MB for it 4 times "
                   f"over: RATIO {four / one:.3f} (target <= 1.15)")
+        if args.agreement:
+            agreement(bundle, tmp)
     return 0
 
 
