@@ -66,6 +66,9 @@ class AUSet(str, Enum):
     DISFA = "disfa"  # 8 AUs
     ABAW12 = "abaw12"  # Aff-Wild2 ABAW AU track, 12 AUs
     AFFWILD2_PAPER = "affwild2_paper"  # the 8 AUs the paper used on Aff-Wild2
+    # The union of BP4D's 12 and DISFA's 8 (ABAW's 12 fall inside too): the AUs of the reference's
+    # cross_model.pth, and of runs that mix datasets (each labels only some of them).
+    UNION15 = "union15"
 
     @property
     def numbers(self) -> tuple[int, ...]:
@@ -81,7 +84,21 @@ AU_SETS: dict[AUSet, tuple[int, ...]] = {
     AUSet.DISFA: (1, 2, 4, 6, 9, 12, 25, 26),
     AUSet.ABAW12: (1, 2, 4, 6, 7, 10, 12, 15, 23, 24, 25, 26),
     AUSet.AFFWILD2_PAPER: (1, 2, 4, 6, 12, 15, 20, 25),
+    AUSet.UNION15: (1, 2, 4, 6, 7, 9, 10, 12, 14, 15, 17, 23, 24, 25, 26),
 }
+
+
+def union_of(sets) -> AUSet:
+    """The built-in AU set that is the union of `sets` (mixed runs); a clear error if none is."""
+    numbers = set().union(*(AU_SETS[AUSet(s)] for s in sets))
+    for candidate in AUSet:
+        if set(AU_SETS[candidate]) == numbers:
+            return candidate
+    if numbers <= set(AU_SETS[AUSet.UNION15]):
+        return AUSet.UNION15
+    extra = sorted(numbers - set(AU_SETS[AUSet.UNION15]))
+    raise ValueError(f"the AU sets {[AUSet(s).value for s in sets]} cover AUs {extra} outside the "
+                     f"built-in union ({AUSet.UNION15.value}: BP4D and DISFA's 15 AUs)")
 
 
 def au_name(number: int) -> str:

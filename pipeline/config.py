@@ -159,7 +159,8 @@ class ConsistencyForm(str, Enum):
     CODE = "code"  # reference code: mse(mu_p, mu_g) + mean(sigma_p)
 
 
-LATENT_DIMS = {AUSet.BP4D: 8, AUSet.DISFA: 6, AUSet.ABAW12: 5, AUSet.AFFWILD2_PAPER: 5}
+LATENT_DIMS = {AUSet.BP4D: 8, AUSet.DISFA: 6, AUSet.ABAW12: 5, AUSet.AFFWILD2_PAPER: 5,
+               AUSet.UNION15: 8}
 
 
 class PriorConfig(Strict):

@@ -1,8 +1,9 @@
 """Losses: frequency-weighted masked BCE, the VAE's KL, and the consistency loss (Eqs. 1-4).
 
 Unknown labels are NaN in every label tensor. They are masked out of the BCE. The consistency
-loss feeds the *whole* label vector to the prior's encoder, which has no notion of "unknown",
-so rows with any unknown label are left out of L_cons (and counted by the caller).
+loss feeds the label vector to the prior's encoder: a full-label prior has no notion of
+"unknown", so rows with any unknown label are left out of L_cons (and counted by the caller); a
+partial-label prior (mixed datasets) takes the mask of known labels instead.
 """
 from __future__ import annotations
 
@@ -34,8 +35,11 @@ def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 def vae_loss(logits: torch.Tensor, y_clean: torch.Tensor, mu: torch.Tensor,
              logvar: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Eq. 2 over a batch: (BCE summed + lam * KL summed, BCE sum, KL sum)."""
-    bce = F.binary_cross_entropy_with_logits(logits, y_clean, reduction="sum")
+    """Eq. 2 over a batch: (BCE summed + lam * KL summed, BCE sum, KL sum). NaN labels
+    (unknown, in partial-label priors) are left out of the BCE."""
+    known = ~torch.isnan(y_clean)
+    bce = (F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(y_clean), reduction="none")
+           * known).sum()
     kl = kl_normal(mu, logvar).sum()
     return bce + lam * kl, bce, kl
 
@@ -46,16 +50,23 @@ def consistency_loss(logits: torch.Tensor, y: torch.Tensor, encoder,
 
     PAPER: mean over rows of ||mu_p - mu_g||^2 + ||Sigma_p - Sigma_g||^2, with Sigma the
     diagonal covariance exp(logvar). CODE (the reference code): mse(mu_p, mu_g) + mean(Sigma_p),
-    Sigma_g unused. p = encoder(sigmoid(logits)), g = encoder(labels). Rows with any unknown
-    label are skipped; returns (loss, rows used). No usable row: a zero attached to the graph.
+    Sigma_g unused. p = encoder(sigmoid(logits)), g = encoder(labels). A full-label prior skips
+    rows with any unknown label; a partial-label prior (`encoder.masked`) reads both under the
+    labels' mask and skips only rows with no label. Returns (loss, rows used); no usable row: a
+    zero attached to the graph.
     """
-    full = ~torch.isnan(y).any(dim=1)  # (B,)
+    known = ~torch.isnan(y)  # (B, L)
+    # a partial-label prior reads both vectors under the labels' mask: an AU a row does not
+    # label enters neither; a full-label prior needs fully labelled rows
+    masked = getattr(encoder, "masked", False)
+    full = known.any(dim=1) if masked else known.all(dim=1)  # (B,)
     n = int(full.sum())
     if n == 0:
         return logits.sum() * 0.0, 0
-    mu_p, logvar_p = encoder(torch.sigmoid(logits[full]))  # (n, k): gradients reach the head
+    args = (known[full],) if masked else ()
+    mu_p, logvar_p = encoder(torch.sigmoid(logits[full]), *args)  # (n, k): gradients reach the head
     with torch.no_grad():
-        mu_g, logvar_g = encoder(y[full])
+        mu_g, logvar_g = encoder(y[full], *args)
     if ConsistencyForm(form) is ConsistencyForm.PAPER:
         loss = ((mu_p - mu_g).pow(2).sum(1) + (logvar_p.exp() - logvar_g.exp()).pow(2).sum(1)).mean()
     else:

@@ -159,3 +159,67 @@ def test_prior_stage_per_fold(tmp_path, write_image):
     again = runner.execute("prior", cfg, cat, progress=False)
     assert all(f["skipped"] for f in again["folds"])
     assert "lambda=" in prior_stage.format_summary(again)
+
+
+def _union15() -> tuple[np.ndarray, list[str], list[str], list[str]]:
+    """The real BP4D and DISFA label tables in the 15-AU union: an AU a dataset does not label
+    is NaN (unknown) on its rows."""
+    from pipeline.aus import AUSet
+
+    disfa_path = BP4D_LABELS.with_name("disfa_au_occurrence.parquet")
+    if not disfa_path.exists():
+        pytest.skip(f"real DISFA labels not found at {disfa_path} (../shared is absent)")
+    union = AUSet.UNION15.columns
+    rng = np.random.default_rng(0)
+    parts = []
+    for df, cols in ((_bp4d(), AUSet.BP4D.columns), (pd.read_parquet(disfa_path), AUSet.DISFA.columns)):
+        df = df.iloc[rng.choice(len(df), 15000, replace=False)]
+        y = np.full((len(df), len(union)), np.nan, np.float32)
+        for c in cols:
+            y[:, union.index(c)] = df[c].to_numpy(np.float32)
+        parts.append(y)
+    return np.concatenate(parts), union, AUSet.BP4D.columns, AUSet.DISFA.columns
+
+
+def test_partial_label_prior_recovers_cooccurrence_of_aus_labelled_together():
+    """A prior trained on BP4D and DISFA rows together, each labelling only its own AUs, learns
+    the co-occurrence of the AUs each dataset labels: label vectors passed through its encoder
+    (q(z | y, m), what the consistency loss uses), decoded and sampled reproduce P(j|i) far better
+    than independent AUs would; unknown entries never count as absent. Measured (8 epochs): L2
+    0.61 vs 1.49 (BP4D's 12 AUs), 0.81 vs 1.67 (DISFA's 8); 0.41 and 0.29 after 30 epochs."""
+    y, union, bp4d, disfa = _union15()
+    vae, history = fit_vae(y, 8, 0.2, epochs=8, seed=0, masked=True)
+    assert vae.masked and history[-1] < history[0]
+    with torch.no_grad():
+        mu, logvar = vae.encode(torch.as_tensor(y))
+        z = LabelVAE.reparameterise(mu, logvar)
+        samples = torch.bernoulli(torch.sigmoid(vae.decode(z))).numpy()
+    rng = np.random.default_rng(1)
+    for cols in (bp4d, disfa):
+        idx = [union.index(c) for c in cols]
+        rows = ~np.isnan(y[:, idx]).any(1)  # the rows that label these AUs
+        labels = y[rows][:, idx]
+        indep = (rng.random((20000, len(idx))) < labels.mean(0)).astype(np.float32)
+        l2 = lambda a: float(np.sqrt((np.nan_to_num(cooccurrence(a) - cooccurrence(labels)) ** 2).sum()))  # noqa: E731
+        print(f"{len(idx)} AUs: through the prior L2 {l2(samples[rows][:, idx]):.3f}, "
+              f"independent AUs {l2(indep):.3f}")
+        assert l2(samples[rows][:, idx]) < 0.6 * l2(indep)
+    m = prior_metrics(vae, y, n_samples=5000, seed=0)
+    assert m["recon_f1"] > 0.5 and m["cooc_l2"] < 2.0
+    # an unknown entry is not an absent one: the encoder sees the mask
+    one = torch.zeros(1, len(union))
+    unknown = one.clone()
+    unknown[0, union.index("AU25")] = float("nan")
+    assert not torch.allclose(vae.encode(one)[0], vae.encode(unknown)[0])
+
+
+def test_partial_label_consistency_loss_uses_the_labels_mask():
+    torch.manual_seed(0)
+    vae = LabelVAE(4, 3, masked=True)
+    enc = FrozenEncoder(vae)
+    y = torch.tensor([[1.0, float("nan"), 0.0, 1.0], [float("nan")] * 4])
+    logits = torch.randn(2, 4, requires_grad=True)
+    loss, n = consistency_loss(logits, y, enc, ConsistencyForm.PAPER)
+    assert n == 1  # the row without any label is skipped; the other is used despite its NaN
+    loss.backward()
+    assert logits.grad[0, 1] == 0 and logits.grad[0, 0] != 0  # the unknown AU gets no gradient
