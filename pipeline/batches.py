@@ -50,6 +50,29 @@ def chunk_local_batches(shards: np.ndarray, batch_size: int, buffer: int,
         yield np.asarray(batch, dtype=np.int64)
 
 
+def epoch_samples(groups: np.ndarray, shares: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One epoch's sample indices when groups (a mixed run's datasets) have set shares.
+
+    groups (n,) group of each sample, shares (G,) >= 0. The epoch keeps n samples: group g gets
+    round(n * share_g / sum) of them, drawn without replacement while it has enough samples and
+    with replacement beyond that (a small dataset weighted up is repeated, a big one weighted down
+    is subsampled afresh each epoch). Returns indices (unordered; batches come chunk-local)."""
+    groups, shares = np.asarray(groups), np.asarray(shares, np.float64)
+    n = len(groups)
+    want = np.floor(n * shares / shares.sum()).astype(int)
+    want[np.argmax(shares)] += n - want.sum()  # rounding: the largest share takes the rest
+    out = []
+    for g, k in enumerate(want):
+        members = np.flatnonzero(groups == g)
+        if k == 0 or members.size == 0:
+            continue
+        take = rng.permutation(members)[:k]
+        if k > members.size:
+            take = np.concatenate([take, rng.choice(members, k - members.size, replace=True)])
+        out.append(take)
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
 def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ascending unique rows (U,), index (*rows.shape) of each entry into them): read each once."""
     rows = np.asarray(rows)

@@ -29,6 +29,7 @@ class Layout(str, Enum):
     LIST = "list"  # community list format: image paths file + label matrix file
     MANIFEST = "manifest"  # a user's CSV or Parquet table (images or videos, labels optional)
     DEMO = "demo"  # the synthetic dataset the project generates itself
+    MIX = "mix"  # several datasets trained together (`members`: their configs); no files of its own
 
 
 class FoldScheme(str, Enum):
@@ -43,9 +44,9 @@ class OnBadInput(str, Enum):
 
 
 class DatasetConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-+]+$")
     layout: Layout
-    root: Path
+    root: Optional[Path] = None  # required by every layout but `mix`
     au_set: AUSet
     folds: FoldScheme = FoldScheme.STANDARD
     n_folds: int = Field(3, ge=2)
@@ -63,6 +64,22 @@ class DatasetConfig(Strict):
     demo_subjects: int = Field(6, ge=3)
     demo_frames_per_subject: int = Field(40, ge=12)
     demo_seed: int = 0
+    # MIX layout: the member datasets' configs (their manifests, crop and feature stores are
+    # used as they are: run each member's pipeline first), and the share of each member in a
+    # training epoch by dataset name (default: proportional to its frames)
+    members: tuple[Path, ...] = ()
+    member_weights: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _layout_needs(self) -> "DatasetConfig":
+        if self.layout is Layout.MIX:
+            if len(self.members) < 2:
+                raise ValueError("layout 'mix' needs at least two `members` (their config files)")
+        elif self.root is None:
+            raise ValueError(f"layout '{self.layout.value}' needs `root` (the dataset's folder)")
+        if any(w < 0 for w in self.member_weights.values()):
+            raise ValueError("member_weights must be >= 0")
+        return self
 
 
 class DetectorKind(str, Enum):
@@ -290,11 +307,14 @@ def _dump(value: Any) -> str:
 def _resolve_paths(data: Any, base: Path) -> Any:
     """Resolve relative path-valued keys against the config file's folder."""
     path_keys = {"root", "store", "frames_dir", "list_paths", "list_labels", "manifest_file",
-                 "weights", "detector_weights", "detector_anchors", "init_from"}
+                 "weights", "detector_weights", "detector_anchors", "init_from", "members"}
     if isinstance(data, dict):
         out = {}
         for k, v in data.items():
-            if k in path_keys and isinstance(v, str) and not Path(v).is_absolute():
+            if k in path_keys and isinstance(v, list):
+                out[k] = [str((base / p).resolve()) if isinstance(p, str) and not Path(p).is_absolute()
+                          else p for p in v]
+            elif k in path_keys and isinstance(v, str) and not Path(v).is_absolute():
                 out[k] = str((base / v).resolve())
             else:
                 out[k] = _resolve_paths(v, base)

@@ -55,7 +55,10 @@ class ManifestReport:
                 "examples": self.examples, "notes": dict(self.notes)}
 
 
-def manifest_schema(au_set: AUSet, intensity: bool = False) -> pa.Schema:
+MIX_COLUMNS = [("member", pa.string()), ("member_row", pa.int64())]  # mixed runs: where a row lives
+
+
+def manifest_schema(au_set: AUSet, intensity: bool = False, mixed: bool = False) -> pa.Schema:
     fields = [
         pa.field("row", pa.int64(), nullable=False),
         pa.field("dataset", pa.string(), nullable=False),
@@ -73,12 +76,14 @@ def manifest_schema(au_set: AUSet, intensity: bool = False) -> pa.Schema:
     ]
     if intensity:
         fields += [pa.field(f"{c}_intensity", pa.int8()) for c in au_set.columns]
+    if mixed:
+        fields += [pa.field(n, t, nullable=False) for n, t in MIX_COLUMNS]
     meta = {"schema": "manifest", "schema_version": MANIFEST_SCHEMA_VERSION, "au_set": au_set.value}
     return pa.schema(fields, metadata=meta)
 
 
 def finalize(df: pd.DataFrame, dataset: str, au_set: AUSet, report: ManifestReport,
-             intensity: bool = False) -> pa.Table:
+             intensity: bool = False, mixed: bool = False) -> pa.Table:
     """Fill optional columns, check duplicates, sort, number rows; return a typed Arrow table."""
     if df.empty:
         raise ManifestError(f"dataset '{dataset}': no frames found (empty dataset); check "
@@ -109,7 +114,7 @@ def finalize(df: pd.DataFrame, dataset: str, au_set: AUSet, report: ManifestRepo
         df = df[~dup]
     df = df.sort_values(["video_id", "frame"], kind="stable").reset_index(drop=True)
     df["row"] = np.arange(len(df), dtype=np.int64)
-    schema = manifest_schema(au_set, intensity)
+    schema = manifest_schema(au_set, intensity, mixed)
     return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.batches import (BackgroundLoader, batch_buffer, chunk_local_batches, gather_shifted,
-                              read_unique)
+from pipeline.batches import (BackgroundLoader, batch_buffer, chunk_local_batches, epoch_samples,
+                              gather_shifted, read_unique)
 from pipeline.config import TrainConfig
 from pipeline.losses import consistency_loss, weighted_bce
 
@@ -22,11 +22,14 @@ LOADER_DEPTH = 3  # batches read ahead by the background thread
 
 def fit(model, store, frames: np.ndarray, y: np.ndarray, weights: torch.Tensor, t: TrainConfig,
         encoder, checkpoint, *, resume: dict | None = None, seed_key=(0, 0), progress: bool = True,
-        desc: str = "train") -> dict:
+        desc: str = "train", groups: np.ndarray | None = None,
+        group_shares: np.ndarray | None = None) -> dict:
     """Train `model` on samples frames (n, S) (S = 1 or 3 store rows) with labels y (n, L).
 
     Epoch e draws its batch order and shifts from a generator seeded by (seed_key, e), so a run
-    resumed after epoch e continues exactly as the uninterrupted run would have.
+    resumed after epoch e continues exactly as the uninterrupted run would have. `groups` (n,)
+    and `group_shares` (G,): the share of each group (a mixed run's datasets) in every epoch's
+    samples (pipeline.batches.epoch_samples); without them every sample is used once per epoch.
     """
     model.to(memory_format=torch.channels_last)  # the batches are channels last: 36% faster here
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -39,7 +42,7 @@ def fit(model, store, frames: np.ndarray, y: np.ndarray, weights: torch.Tensor, 
         sched.load_state_dict(resume["scheduler"])
         torch.set_rng_state(resume["rng"]["torch"])
         history, start = list(resume["history"]), int(resume["epoch"])
-    shards = frames[:, frames.shape[1] // 2] // store.frames_per_shard  # (n,) shard of the middle frame
+    shards = store.shard_ids(frames[:, frames.shape[1] // 2])  # (n,) shard of the middle frame
     n_batches = -(-len(frames) // t.batch_size)
     steps = min(n_batches, t.max_steps_per_epoch or n_batches)
     labels = torch.from_numpy(y)
@@ -57,7 +60,13 @@ def fit(model, store, frames: np.ndarray, y: np.ndarray, weights: torch.Tensor, 
     for epoch in range(start + 1, t.epochs + 1):
         rng = np.random.default_rng([*seed_key, epoch])
         shift_rng = np.random.default_rng([*seed_key, epoch, 1])
-        batches = itertools.islice(chunk_local_batches(shards, t.batch_size, t.shuffle_buffer, rng), steps)
+        if groups is None:
+            batches = chunk_local_batches(shards, t.batch_size, t.shuffle_buffer, rng)
+        else:  # the epoch's samples by dataset share, then the same chunk-local order over them
+            chosen = epoch_samples(groups, group_shares, rng)
+            batches = (chosen[b] for b in chunk_local_batches(shards[chosen], t.batch_size,
+                                                              t.shuffle_buffer, rng))
+        batches = itertools.islice(batches, steps)
         model.train()
         sums = {"loss": 0.0, "cls": 0.0, "cons": 0.0}
         n_steps = cons_rows = 0

@@ -27,10 +27,10 @@ from pipeline.errors import ConfigError, StaleArtifact
 from pipeline.inference import predict
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.temporal import triplet_rows
-from stages import scoring
+from stages import mixed_eval, scoring
 from stages.contract import Plan, UnitResult
 from store import features as feature_store
-from store import manifests, tables
+from store import manifests, mix, tables
 from store.catalog import Catalog, new_run_id
 from store.codekey import code_key
 from store.identity import eval_id
@@ -49,7 +49,7 @@ class EvalUnit:
     variant: str
     fold: int
     checkpoint: str  # the head's final.pt
-    features: str  # the eval dataset's feature store
+    features: str  # the eval dataset's feature store (its path; a mix's: its members')
     out: str  # cached predictions of this unit
     key: str  # the predictions' expected key
 
@@ -69,6 +69,8 @@ def eval_datasets(cfg: RunConfig) -> list[str]:
 
 def reads(cfg: RunConfig) -> list[tuple[str, str]]:
     own = [(cfg.dataset.name, s) for s in ("manifest", "features", "prior", "train")]
+    if mix.is_mix(cfg):  # the members' stores, and their own evaluations (the comparison)
+        own += [(m.dataset.name, s) for m in mix.members(cfg) for s in ("features", "evaluate")]
     return own + [(d, s) for d in eval_datasets(cfg)[1:] for s in ("manifest", "features")]
 
 
@@ -116,7 +118,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: EvalUnit, progress=None) ->
     table = manifests.load(catalog, unit.eval_dataset)
     df = table.select(["row", "subject", "video_id", "frame", "fold"]).to_pandas()
     model, meta = load_head(unit.checkpoint)
-    store = feature_store.FeatureStore(unit.features)
+    store = feature_store.checked(cfg, catalog, unit.eval_dataset)
     if store.n_frames != len(df):
         raise StaleArtifact(f"feature store {store.path} has {store.n_frames} frames but the manifest "
                          f"of '{unit.eval_dataset}' has {len(df)} rows; rerun `aunet features`")
@@ -165,11 +167,11 @@ def _prior_rows(cfg: RunConfig, catalog: Catalog) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["fold", "metric", "value"])
 
 
-def _scored(pred: pd.DataFrame, catalog: Catalog) -> dict[str, list[str]]:
+def _scored(pred: pd.DataFrame, catalog: Catalog, cfg: RunConfig) -> dict[str, list[str]]:
     """AU columns scored per eval dataset: the models' AUs that the eval dataset labels."""
     model_aus = [c[:-5] for c in pred.columns if c.endswith("_prob")]
-    out = {}
-    for ev in pred["eval_dataset"].unique():
+    out = mixed_eval.scored_members(cfg, model_aus) if mix.is_mix(cfg) else {}
+    for ev in [e for e in pred["eval_dataset"].unique() if e not in out]:
         labelled = set(manifests.au_set(catalog, ev).columns)
         out[ev] = [a for a in model_aus if a in labelled]
         if not out[ev]:
@@ -201,19 +203,30 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
         return summary | {"skipped": True, "run": last[0]["run"],
                           "random_weights": bool(last[0]["random_weights"])}
     pred = pd.concat([pq.read_table(u.out).to_pandas() for u in units], ignore_index=True)
-    scored = _scored(pred, catalog)
+    if mix.is_mix(cfg):  # the mix's rows scored per member, on the AUs each labels
+        pred = mixed_eval.split_members(pred, cfg)
+    scored = _scored(pred, catalog, cfg)
     variants = [v.value for v in Variant if v.value in set(pred["variant"])]
     n_aus = sum(c.endswith("_prob") for c in pred.columns)
+    metrics = scoring.metric_rows(pred, scored, cfg.eval.threshold)
+    significance = scoring.significance_rows(pred, scored, cfg.eval)
+    comparison = pd.DataFrame()
+    if mix.is_mix(cfg):
+        metrics = pd.concat([metrics, mixed_eval.pooled_rows(pred, cfg, cfg.eval.threshold)],
+                            ignore_index=True)
+        comparison, versus_single = mixed_eval.comparison(pred, cfg, cfg.eval)
+        significance = pd.concat([significance, versus_single], ignore_index=True)
     frames = {
         "predictions": pred,
-        "metrics": scoring.metric_rows(pred, scored, cfg.eval.threshold),
-        "significance": scoring.significance_rows(pred, scored, cfg.eval),
+        "metrics": metrics,
+        "significance": significance,
         "cooccurrence": scoring.cooccurrence_rows(pred, scored),
         "complexity": scoring.complexity_rows(variants, n_aus),
         "prior_metrics": _prior_rows(cfg, catalog),
+        "comparison": comparison,
     }
-    random_weights = any(feature_store.FeatureStore(s).random_weights
-                         for s in {u.features for u in units})
+    random_weights = any((read_provenance(Path(u.out)) or {}).get("random_weights", False)
+                         for u in units)
     run_id = new_run_id()
     config = cfg.section("eval")
     written = {}

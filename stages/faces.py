@@ -25,6 +25,7 @@ from stages.contract import Plan, UnitResult
 from stages.faces_frames import process_rows
 from store import crops as crop_store
 from store import manifests
+from store import mix
 from store.catalog import Catalog
 from store.codekey import code_key
 from store.identity import faces_identity
@@ -90,6 +91,8 @@ def expected_keys(cfg: RunConfig, catalog: Catalog) -> list[str]:
 
 def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) -> Plan:
     """Units for the blocks whose data is missing or whose inputs changed. Read-only."""
+    if mix.is_mix(cfg):  # a mixed run reads its members' crop stores as they are
+        return Plan([], [], {"mix": [m.dataset.name for m in mix.members(cfg)]})
     mpath = catalog.manifest(cfg.dataset.name)
     keys = expected_keys(cfg, catalog)
     path = catalog.crops(cfg)
@@ -134,6 +137,8 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: FacesUnit, progress=None) -
 
 def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResult]) -> dict:
     """Record completion (only when every block holds its expected key) and summarise."""
+    if "mix" in plan.context:
+        return {"mix": plan.context["mix"]}
     path = Path(plan.context["path"])
     keys = plan.context["keys"]
     if not path.exists():  # nothing was ever created (every unit failed before writing)
@@ -174,6 +179,9 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
 
 
 def format_summary(s: dict) -> str:
+    if "mix" in s:
+        return (f"faces: a mixed run uses its members' crop stores ({', '.join(s['mix'])}); "
+                "run each member's pipeline to make them")
     fails = ", ".join(f"{k} {v}" for k, v in s["failures"].items()) or "none"
     fps = f"{s['frames_per_second']} frames/s" if s["frames_per_second"] else "n/a"
     lines = [

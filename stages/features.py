@@ -24,6 +24,7 @@ from pipeline.models.fan import FEATURE_CHANNELS, FEATURE_STRIDE, weights_identi
 from stages.contract import Plan, UnitResult
 from stages.features_compute import backbone, compute_shard, device_for
 from store import crops as crop_store
+from store import mix
 from store.catalog import Catalog
 from store.codekey import code_key
 from store.features import (CODE_ENTRY, FeatureStore, complete_with, create_feature_store,
@@ -63,6 +64,8 @@ def reads(cfg: RunConfig) -> list[tuple[str, str]]:
 
 def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) -> Plan:
     """Shards missing or made from other inputs, in units. Read-only."""
+    if mix.is_mix(cfg):  # a mixed run reads its members' feature stores as they are
+        return Plan([], [], {"mix": [m.dataset.name for m in mix.members(cfg)]})
     crops_path = catalog.crops(cfg)
     crop_rec = crop_store.verify(crops_path, crop_store.expected_keys(cfg, catalog))
     keys = expected_keys(cfg, catalog)
@@ -166,6 +169,8 @@ def _dir_bytes(path: Path) -> int:
 
 def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResult]) -> dict:
     """Record the store's key once every shard holds its expected key; summarise."""
+    if "mix" in plan.context:
+        return {"mix": plan.context["mix"]}
     out = Path(plan.context["path"])
     keys = plan.context["keys"]
     if not is_complete_layout(out):
@@ -204,6 +209,9 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
 
 
 def format_summary(s: dict) -> str:
+    if "mix" in s:
+        return (f"features: a mixed run uses its members' feature stores ({', '.join(s['mix'])}); "
+                "run each member's pipeline to make them")
     if "bytes_on_disk" not in s:
         return f"features: nothing written to {s['path']} (INCOMPLETE: run again)"
     lines = [

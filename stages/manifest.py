@@ -12,7 +12,7 @@ from pipeline.folds import assign_folds
 from pipeline.labels import positive_rates
 from pipeline.manifest import ManifestReport, finalize, label_matrix
 from stages.contract import Plan, UnitResult
-from store import manifests
+from store import manifests, mix
 from store.catalog import Catalog
 from store.codekey import code_key
 from store.provenance import record, trusted, write_json, write_provenance, write_table
@@ -35,7 +35,7 @@ class ManifestUnit:
 
 
 def reads(cfg: RunConfig) -> list[tuple[str, str]]:
-    return []
+    return [(m.dataset.name, "manifest") for m in mix.members(cfg)] if mix.is_mix(cfg) else []
 
 
 def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) -> Plan:
@@ -53,16 +53,19 @@ def prepare(cfg: RunConfig, catalog: Catalog, plan: Plan) -> None:
 def run_unit(cfg: RunConfig, catalog: Catalog, unit: ManifestUnit, progress=None) -> dict:
     d = cfg.dataset
     report = ManifestReport(policy=d.on_bad_input)
-    df = read_dataset(d, report)
-    df = assign_folds(df, d, report) if not df.empty else df
-    table = finalize(df, d.name, d.au_set, report, intensity=d.layout in WITH_INTENSITY)
+    if mix.is_mix(cfg):  # the members' manifests, read in place (store/mix.py)
+        table = mix.build_manifest(cfg)
+    else:
+        df = read_dataset(d, report)
+        df = assign_folds(df, d, report) if not df.empty else df
+        table = finalize(df, d.name, d.au_set, report, intensity=d.layout in WITH_INTENSITY)
     out = catalog.manifest(d.name)
     write_table(out, table)
     summary = summarize(table, d.au_set) | {"report": report.as_dict(table.num_rows)}
     write_json(catalog.manifest_report(d.name), summary)
     # label files are hashed after reading: the demo generates its files on first use
     rec = record(stage=STAGE, name=catalog.rel(out), identity=manifests.identity(cfg),
-                 inputs={"label_files": manifests.label_files(cfg)},
+                 inputs=manifests.inputs(cfg),
                  code=code_key("stages.manifest"),
                  extra={"rows": table.num_rows, "keys": manifests.content_keys(table)})
     write_provenance(out, rec)

@@ -20,7 +20,7 @@ from pipeline.folds import ALL_SUBJECTS, fold_name, holdout_subjects, training_r
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.models.vae import fit_vae, negative_elbo, prior_metrics
 from stages.contract import Plan, UnitResult
-from store import manifests
+from store import manifests, mix
 from store.catalog import Catalog
 from store.codekey import code_key
 from store.identity import prior_identity
@@ -92,7 +92,8 @@ def _fit(cfg: RunConfig, y: np.ndarray, lam: float, bar, what: str):
         bar.set_postfix_str(f"{what} lambda={lam:g} epoch {epoch} loss/frame {loss:.3f}")
 
     return fit_vae(y, p.k(cfg.dataset.au_set), lam, epochs=p.epochs, lr=p.lr,
-                   batch_size=p.batch_size, noise=p.noise, seed=p.seed, on_epoch=on_epoch)
+                   batch_size=p.batch_size, noise=p.noise, seed=p.seed, masked=mix.is_mix(cfg),
+                   on_epoch=on_epoch)
 
 
 def run_unit(cfg: RunConfig, catalog: Catalog, unit: PriorUnit, progress=None) -> dict:
@@ -101,7 +102,9 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: PriorUnit, progress=None) -
     df = table.select(["subject", "fold"]).to_pandas()
     y = label_matrix(table, au_set)  # (N, L), NaN = unknown
     train = training_rows(df["fold"].to_numpy(), unit.fold)
-    known = ~np.isnan(y).any(axis=1)
+    # a mixed run's members each label some AUs: its prior takes partial label vectors (masked);
+    # a single dataset's prior takes whole vectors, as the paper's does
+    known = ~np.isnan(y).all(axis=1) if mix.is_mix(cfg) else ~np.isnan(y).any(axis=1)
     n_unknown = int((train & ~known).sum())
     rows = train & known
     if not rows.any():
@@ -133,6 +136,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: PriorUnit, progress=None) -
     out = catalog.prior(cfg, unit.fold)
     with atomic_path(out, ".pt") as tmp:
         torch.save({"state_dict": vae.state_dict(), "n_aus": vae.n_aus, "latent": vae.latent,
+                    "masked": vae.masked,
                     "lambda": lam, "au_set": au_set.value, "au_columns": au_set.columns,
                     "fold": unit.fold, "history": history, "selection": selection,
                     "metrics": metrics}, tmp)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import RunConfig
-from store import tables
+from store import mix, tables
 from store.catalog import Catalog
 from pipeline.errors import MissingArtifact
 from stages.contract import Plan, UnitResult
@@ -102,12 +102,13 @@ def headline_text(metrics: pd.DataFrame, eval_dataset: str) -> str:
 
 
 def significance_table(sig: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    header = ["Eval data", "Method", "Paired unit", "n", "t-statistic", "p-value",
-              "Diff (variant - AU-FAN)", "95% CI"]
+    header = ["Eval data", "Baseline", "Method", "Paired unit", "n", "t-statistic", "p-value",
+              "Diff (method - baseline)", "95% CI"]
     rows = []
     for r in sig.itertuples():
         ci = "-" if math.isnan(r.ci_lo) else f"[{r.ci_lo:+.4f}, {r.ci_hi:+.4f}]"
-        rows.append([r.eval_dataset, _name(r.variant), UNIT_NAMES.get(r.unit, r.unit), str(r.n),
+        rows.append([r.eval_dataset, _name(r.baseline), _name(r.variant),
+                     UNIT_NAMES.get(r.unit, r.unit), str(r.n),
                      _num(r.t, ".2f"), _num(r.p, ".3g"), _num(r.diff, "+.4f"), ci])
     return header, rows
 
@@ -129,8 +130,17 @@ def complexity_table(comp: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def sections(t: dict[str, pd.DataFrame], dataset: str, run: str, random_weights: bool
-             ) -> list[tuple[str, object]]:
+def comparison_table(comp: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Mixed vs single-dataset models: F1 (%) per AU, mean of per-fold F1."""
+    header = ["Eval data", "Method", "AU", "Single-dataset", "Mixed", "Diff"]
+    m = comp[comp.fold == "mean"]
+    rows = [[r.eval_dataset, _name(r.variant), r.au, f"{100 * r.f1_single:.1f}",
+             f"{100 * r.f1_mixed:.1f}", f"{100 * r.diff:+.1f}"] for r in m.itertuples()]
+    return header, rows
+
+
+def sections(t: dict[str, pd.DataFrame], dataset: str, run: str, random_weights: bool,
+             members: tuple[str, ...] = ()) -> list[tuple[str, object]]:
     """The report as (kind, content): kind 'h1' / 'h2' / 'p' (text) or 'table' ((header, rows))."""
     out: list[tuple[str, object]] = []
     if random_weights:
@@ -142,17 +152,23 @@ def sections(t: dict[str, pd.DataFrame], dataset: str, run: str, random_weights:
                          f"below the all-present baseline): {headline_text(metrics, dataset)}."))
         out.append(("p", BASELINE_NOTE))
     for ev in sorted(metrics.eval_dataset.unique()):
-        kind = "within-dataset" if ev == dataset else f"cross-dataset (models trained on {dataset})"
+        kind = ("within-dataset" if ev == dataset else
+                f"member of the mixed training data {dataset}, on its own AUs" if ev in members
+                else f"cross-dataset (models trained on {dataset})")
         titles = {"mean": f"F1 (%) on {ev}, {kind}: mean of per-fold F1 (the paper's protocol)",
                   "pooled": f"F1 (%) on {ev}: pooled over the test frames of all folds"}
         for fold, title in titles.items():
             header, rows = f1_table(metrics, ev, fold)
             if rows:
                 out += [("h2", title), ("table", (header, rows))]
+    if len(t.get("comparison", ())):
+        out.append(("h2", "Mixed vs single-dataset models: F1 (%) per member dataset, mean of "
+                          "per-fold F1, the same test frames"))
+        out.append(("table", comparison_table(t["comparison"])))
     if len(t["significance"]):
         out.append(("h2", "Paired tests between AU-FAN and its variants (paper's Table XII)"))
-        out.append(("p", "t and p: scipy.stats.ttest_rel(AU-FAN, variant) on the paired unit; "
-                         "t < 0 means the variant scores higher. Diff: variant minus AU-FAN."))
+        out.append(("p", "t and p: scipy.stats.ttest_rel(baseline, method) on the paired unit; "
+                         "t < 0 means the method scores higher. Diff: method minus baseline."))
         out.append(("table", significance_table(t["significance"])))
     if len(t["cooccurrence"]):
         out.append(("h2", "Co-occurrence faithfulness (paper's Table X), pooled over folds"))
@@ -268,20 +284,23 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: ReportUnit, progress=None) 
     banner = RANDOM_WEIGHTS_BANNER if rw else None
     out = catalog.rendered(unit.dataset)
     images = []
+    members = tuple(m.dataset.name for m in mix.members(cfg)) if mix.is_mix(cfg) else ()
     for ev in sorted(t["metrics"].eval_dataset.unique()):
         mean = t["metrics"][t["metrics"].fold == "mean"]
         images.append(figs.f1_bars(mean, ev, out / f"f1_bars_{ev}.png", banner))
-        if len(t["cooccurrence"]):
+        if (t["cooccurrence"].get("eval_dataset", pd.Series(dtype=str)) == ev).any():
             images.append(figs.correlation_heatmaps(t["cooccurrence"], ev, out / f"correlation_{ev}.png", banner))
     pred = t["predictions"]
-    own = pred[pred.eval_dataset == unit.dataset]
+    own = pred[pred.eval_dataset.isin((unit.dataset, *members))]  # a mix's rows carry the member
     video = cfg.eval.timeline_video or (sorted(own.video_id.unique())[0] if len(own) else None)
     if video is not None:
-        aus = t["metrics"][(t["metrics"].eval_dataset == unit.dataset) & (t["metrics"].au != "Avg")].au.unique()
+        ev_of_video = own[own.video_id == video].eval_dataset
+        scored = ev_of_video.iloc[0] if len(ev_of_video) else unit.dataset
+        aus = t["metrics"][(t["metrics"].eval_dataset == scored) & (t["metrics"].au != "Avg")].au.unique()
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(video))
         images.append(figs.timeline(own, list(aus), video, out / f"timeline_{safe}.png",
                                     cfg.eval.threshold, banner))
-    secs = sections(t, unit.dataset, run, rw)
+    secs = sections(t, unit.dataset, run, rw, members)
     files = {"markdown": out / "report.md", "html": out / "report.html"}
     _write_text(files["html"], render_html(secs, images))
     _write_text(files["markdown"], render_markdown(secs) + "\n" + "\n".join(

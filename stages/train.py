@@ -26,7 +26,7 @@ from pipeline.models.vae import FrozenEncoder, load_prior
 from pipeline.temporal import triplet_rows
 from pipeline.training import fit
 from stages.contract import Plan, UnitResult
-from store import manifests
+from store import manifests, mix
 from store.catalog import Catalog
 from store.codekey import code_key
 from store.identity import head_identity, head_label
@@ -148,10 +148,15 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: TrainUnit, progress=None) -
                 old.unlink(missing_ok=True)
         _epoch_done(unit, epoch)
 
+    # per AU from the frames that label it (mixed runs: the members that label the AU)
     weights = torch.from_numpy(class_weights(y[rows], normalise_to="n_aus"))
+    groups = shares = None
+    if mix.is_mix(cfg):
+        member = table.column(mix.MEMBER).to_numpy(zero_copy_only=False)
+        groups, shares = mix.sampling(cfg, member[rows])
     state = fit(model, store, frames, y[rows], weights, t, encoder, checkpoint, resume=resume,
                 seed_key=(t.seed, unit.fold), progress=progress is not None,
-                desc=f"{unit.variant} fold {unit.fold}")
+                desc=f"{unit.variant} fold {unit.fold}", groups=groups, group_shares=shares)
     final = catalog.head_checkpoint(cfg, variant, unit.fold)
     save_checkpoint(final, meta | state | {"epoch": t.epochs})
     write_provenance(final, record(

@@ -37,7 +37,7 @@ from pipeline.hashing import use_cache_file
 from store import identity as ident
 from store.provenance import BUILD_MARK, TMP_SUFFIX
 
-_SAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+_SAFE = re.compile(r"[^A-Za-z0-9_.+\-]+")
 PARTIAL_SUFFIX = ".partial"  # zarr's own temporary chunk files
 STAGE_DIRS = {"manifest": "manifest", "faces": "faces", "features": "features", "prior": "prior",
               "train": "models", "evaluate": "eval"}

@@ -187,7 +187,11 @@ def shard_keys(digests: np.ndarray, frames_per_shard: int, common: dict) -> list
 
 def expected_keys(cfg: RunConfig, catalog: Catalog, dataset: str | None = None) -> list[str]:
     """The shard keys this config gives for `dataset` (default: the config's), from its crop
-    store's row digests (read-only)."""
+    store's row digests (read-only); for a mixed run, its members' keys end to end."""
+    from store import mix
+
+    if mix.is_mix(cfg) and dataset in (None, cfg.dataset.name):
+        return [k for m in mix.members(cfg) for k in expected_keys(m, Catalog(m.store))]
     crops_path = catalog.crops(cfg, dataset)
     if not crop_store.is_complete_layout(crops_path) or \
             not crop_store.CropStore(crops_path).chunk_done.all():
@@ -199,7 +203,16 @@ def expected_keys(cfg: RunConfig, catalog: Catalog, dataset: str | None = None) 
 
 
 def checked(cfg: RunConfig, catalog: Catalog, dataset: str | None = None) -> "FeatureStore":
-    """The feature store this config asks for, verified complete and current (else raises)."""
+    """The feature store this config asks for, verified complete and current (else raises);
+    for a mixed run, its members' stores read as one (store.mix.MixedFeatureStore)."""
+    from store import manifests, mix
+
+    if mix.is_mix(cfg) and dataset in (None, cfg.dataset.name):
+        ms = mix.members(cfg)
+        stores = [checked(m, Catalog(m.store)) for m in ms]
+        t = manifests.load(catalog, cfg.dataset.name, [mix.MEMBER, mix.MEMBER_ROW]).to_pandas()
+        index = t[mix.MEMBER].map({m.dataset.name: i for i, m in enumerate(ms)}).to_numpy()
+        return mix.MixedFeatureStore(stores, index, t[mix.MEMBER_ROW].to_numpy())
     path = catalog.features(cfg, dataset)
     verify(path, expected_keys(cfg, catalog, dataset))
     return FeatureStore(path)
@@ -292,6 +305,10 @@ class FeatureStore:
 
     def shard_of(self, row: int) -> int:
         return int(row) // self.frames_per_shard
+
+    def shard_ids(self, rows: np.ndarray) -> np.ndarray:
+        """(n,) the shard of each row (training reads batches shard by shard)."""
+        return np.asarray(rows, np.int64) // self.frames_per_shard
 
     def read(self, rows: np.ndarray, dtype: np.dtype | str | None = np.float32,
              channels_last: bool = False) -> np.ndarray:

@@ -86,6 +86,11 @@ def head_identity(cfg: RunConfig, variant: Variant) -> dict:
            "features": features_id(cfg)}
     if variant.uses_prior:
         out["prior"] = prior_id(cfg)
+    if cfg.dataset.layout.value == "mix":  # which datasets it is trained on, in which shares
+        from store.mix import members
+
+        out["mix"] = {"members": [m.dataset.name for m in members(cfg)],
+                      "weights": dict(sorted(cfg.dataset.member_weights.items()))}
     src = init_source(cfg)
     if src is not None:
         out["init"] = {"dataset": src.dataset.name, "head": head_id(src, variant)}

@@ -50,8 +50,17 @@ def label_files(cfg: RunConfig) -> dict[str, str]:
     return {relative(p, d.root): digests[str(p)] for p in files}
 
 
+def inputs(cfg: RunConfig) -> dict:
+    """What the manifest is read from: the label files, or a mix's member manifests."""
+    from store import mix
+
+    if mix.is_mix(cfg):
+        return {"members": mix.member_records(cfg)}
+    return {"label_files": label_files(cfg)}
+
+
 def expected_key(cfg: RunConfig) -> str:
-    return artifact_key(identity(cfg), {"label_files": label_files(cfg)}, code_key("stages.manifest"))
+    return artifact_key(identity(cfg), inputs(cfg), code_key("stages.manifest"))
 
 
 def content_keys(table: pa.Table) -> dict:

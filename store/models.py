@@ -73,10 +73,9 @@ def head_selection(cfg: RunConfig, catalog: Catalog, select: dict | None) -> tup
     return variants, folds
 
 
-def training_shards(folds: np.ndarray, fold: int, frames_per_shard: int) -> list[int]:
-    """Shards holding at least one training row of `fold`."""
-    rows = np.flatnonzero(training_rows(folds, fold))
-    return sorted(set((rows // frames_per_shard).tolist()))
+def training_shards(store, folds: np.ndarray, fold: int) -> list[int]:
+    """Shards holding at least one training row of `fold` (indices into the store's keys)."""
+    return sorted(set(store.shard_ids(np.flatnonzero(training_rows(folds, fold))).tolist()))
 
 
 def init_head(cfg: RunConfig, variant: Variant, fold: int) -> Path | None:
@@ -94,9 +93,9 @@ def init_head(cfg: RunConfig, variant: Variant, fold: int) -> Path | None:
 
 
 def head_inputs(cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int,
-                manifest_rec: dict, shard_keys: list[str], folds: np.ndarray) -> dict:
+                manifest_rec: dict, shard_keys: list[str], folds: np.ndarray, store) -> dict:
     variant = Variant(variant)
-    used = training_shards(folds, fold, cfg.features.frames_per_shard)
+    used = training_shards(store, folds, fold)
     out = {"train_labels": manifest_rec["keys"]["train"][str(fold)],
            "features": fingerprint([shard_keys[s] for s in used])}
     if variant.uses_prior:
@@ -119,7 +118,7 @@ class HeadInputs:
 
     def inputs(self, variant: Variant, fold: int) -> dict:
         return head_inputs(self.cfg, self.catalog, variant, fold, self.manifest, self.shard_keys,
-                           self.folds)
+                           self.folds, self.features)
 
     def key(self, variant: Variant, fold: int) -> str:
         return artifact_key(head_identity(self.cfg, variant), self.inputs(variant, fold),

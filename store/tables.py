@@ -54,6 +54,9 @@ _FIELDS: dict[str, list[tuple[str, pa.DataType]]] = {
                    ("gflops", _F), ("gmacs", _F), ("input_shape", _S),
                    ("paper_params_m", _F), ("paper_gflops", _F), ("note", _S)],
     "prior_metrics": [("fold", _I), ("metric", _S), ("value", _F)],
+    # mixed runs: each member's single-dataset model beside the mixed model, same frames and AUs
+    "comparison": [("eval_dataset", _S), ("variant", _S), ("fold", _S), ("au", _S),
+                   ("f1_single", _F), ("f1_mixed", _F), ("diff", _F), ("n", _I), ("single_run", _S)],
 }
 TABLES = tuple(_FIELDS)
 _AU_FIELD = re.compile(r"^AU\d{2}_(prob|pred|label)$")

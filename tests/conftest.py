@@ -10,6 +10,7 @@ import pytest
 from store.catalog import Catalog
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+BLAZE = SHARED / "weights" / "blazeface" / "blazeface.pth"
 TINY = 16  # side of the tiny test images (pixels): decodable, and fast to write
 
 
@@ -99,13 +100,16 @@ MINI_FACE = np.array([[22, 26], [42, 26], [32, 36], [25, 46], [39, 46]], np.floa
 def write_mini_dataset(root: Path, *, name: str = "mini", au_set: str = "bp4d",
                        n_subjects: int = 3, n_frames: int = 12, no_face: tuple[int, ...] = (),
                        unknown: tuple[tuple[int, str], ...] = (), seed: int = 0,
-                       store: Path | None = None, **sections) -> Path:
+                       store: Path | None = None, labels_from: Path | None = None,
+                       **sections) -> Path:
     """A real dataset in the generic manifest layout plus its config; returns the config path.
 
     n_subjects subjects, one video (T1) of n_frames 64x64 images each, fold = subject % 3 + 1,
     5 provided landmarks per frame (rows in `no_face` have none: no face), random 0/1 labels
-    (rows in `unknown` as (row, AU column) are left empty: unknown). `sections` update the
-    config's sections, e.g. train={"epochs": 1}.
+    (rows in `unknown` as (row, AU column) are left empty: unknown). `labels_from`: a real label
+    table (../shared/data/labels/*.parquet): one real subject of each of its folds, with its real
+    labels of its first n_frames frames that show an AU, instead. `sections` update the config's sections,
+    e.g. train={"epochs": 1}.
     """
     import pandas as pd
     import yaml
@@ -129,6 +133,17 @@ def write_mini_dataset(root: Path, *, name: str = "mini", au_set: str = "bp4d",
                          "landmarks": "" if r in no_face else " ".join(f"{v:.2f}" for v in pts.ravel()),
                          **{c: int(rng.random() < 0.4) for c in cols}})
     df = pd.DataFrame(rows)
+    if labels_from is not None:  # real labels: subject s gets a real subject of fold s % 3 + 1
+        real = pd.read_parquet(labels_from)
+        for s in range(n_subjects):
+            fold = s % 3 + 1
+            subject = sorted(real.subject[real.fold == fold].unique())[s // 3]
+            mine = real[real.subject == subject]
+            part = mine[mine[cols].sum(1) > 0].head(n_frames)  # frames that show some AU
+            sel = df.subject == f"S{s}"
+            df.loc[sel, "subject"] = subject
+            for c in cols:
+                df.loc[sel, c] = part[c].to_numpy()
     for r, c in unknown:
         df[c] = df[c].astype("object")
         df.loc[r, c] = ""

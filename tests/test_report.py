@@ -124,10 +124,10 @@ def _small_result() -> dict[str, pd.DataFrame]:
         for v, vals in (("au_fan", (0.549, 0.466, 0.507)), ("aunet", (0.598, 0.473, 0.535)),
                         ("all_positive", (0.3607, 0.2906, 0.3256)))
         for au, f1 in zip(("AU01", "AU02", "Avg"), vals)])
-    sig = pd.DataFrame([{"eval_dataset": "bp4d", "variant": "aunet", "unit": "frame_accuracy",
+    sig = pd.DataFrame([{"eval_dataset": "bp4d", "baseline": "au_fan", "variant": "aunet", "unit": "frame_accuracy",
                          "n": 1000, "t": -26.4, "p": 1.51e-153, "diff": 0.028,
                          "ci_lo": float("nan"), "ci_hi": float("nan")},
-                        {"eval_dataset": "bp4d", "variant": "aunet", "unit": "avg_f1", "n": 41,
+                        {"eval_dataset": "bp4d", "baseline": "au_fan", "variant": "aunet", "unit": "avg_f1", "n": 41,
                          "t": float("nan"), "p": float("nan"), "diff": 0.028, "ci_lo": 0.011,
                          "ci_hi": 0.046}])
     cooc = pd.DataFrame([{"eval_dataset": "bp4d", "variant": "aunet", "fold": "pooled", "l2": 1.234,
