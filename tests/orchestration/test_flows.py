@@ -41,7 +41,7 @@ def test_full_flow_writes_reports(full_run, tiny):
     run = tables.latest_run(catalog, "demo")
     m = tables.read_run(catalog, "metrics", "demo", run).to_pandas()
     avg = m[(m.au == "Avg") & (m.fold == "mean")].set_index("variant").f1
-    assert sorted(avg.index) == ["au_fan", "aunet"] and avg.between(0, 1).all()
+    assert sorted(avg.index) == ["all_positive", "au_fan", "aunet"] and avg.between(0, 1).all()
     pred = tables.read_run(catalog, "predictions", "demo", run).to_pandas()
     assert len(pred) == 2 * 36 and set(pred.fold) == {1, 2, 3}  # 2 variants x every frame once
     md = (catalog.rendered("demo") / "report.md").read_text()
