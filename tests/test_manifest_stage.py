@@ -22,7 +22,7 @@ DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("demo")  # generated once (about a second), read by each test
+    return tmp_path_factory.mktemp("demo")  # generated once (a few seconds), read by each test
 
 
 def demo_cfg(demo_root: Path, store: Path, **more):
@@ -33,16 +33,16 @@ def test_demo_manifest(demo_root, tmp_store):
     cfg = demo_cfg(demo_root, tmp_store.root)
     summary = runner.execute("manifest", cfg, tmp_store, progress=False)
     assert summary["skipped"] is False
-    assert (summary["frames"], summary["subjects"], summary["videos"]) == (240, 6, 6)
-    assert summary["folds"] == {1: 80, 2: 80, 3: 80}
+    assert (summary["frames"], summary["subjects"], summary["videos"]) == (720, 30, 30)
+    assert summary["folds"] == {1: 240, 2: 240, 3: 240}
     assert summary["report"]["left_out"] == {} and summary["unknown_labels"] == 0
     table = manifests.load(tmp_store, "demo")
     assert au_set_of(table) is AUSet.BP4D
     df = table.to_pandas()
-    assert list(df.row) == list(range(240))
+    assert list(df.row) == list(range(720))
     assert df.equals(df.sort_values(["video_id", "frame"]).reset_index(drop=True))
     assert df.groupby("subject")["fold"].nunique().eq(1).all()  # subject-exclusive
-    assert df.groupby("fold")["subject"].nunique().to_dict() == {1: 2, 2: 2, 3: 2}
+    assert df.groupby("fold")["subject"].nunique().to_dict() == {1: 10, 2: 10, 3: 10}
     # Labels and landmarks are exactly the generator's.
     src = pd.read_csv(demo_root / "manifest.csv", dtype={"subject": str})
     np.testing.assert_array_equal(label_matrix(df, AUSet.BP4D), label_matrix(src, AUSet.BP4D))
@@ -50,9 +50,9 @@ def test_demo_manifest(demo_root, tmp_store):
     assert with_face.sum() == (src.landmarks.fillna("") != "").sum()
     assert all(len(x) == 136 for x in df.landmarks[with_face])
     prov = read_provenance(tmp_store.manifest("demo"))
-    assert prov["stage"] == "manifest" and prov["rows"] == 240
+    assert prov["stage"] == "manifest" and prov["rows"] == 720
     saved = json.loads(tmp_store.manifest_report("demo").read_text())
-    assert saved["frames"] == 240 and saved["report"]["frames_kept"] == 240
+    assert saved["frames"] == 720 and saved["report"]["frames_kept"] == 720
 
 
 def test_rerun_is_skipped_and_force_recomputes(demo_root, tmp_store):
@@ -61,7 +61,7 @@ def test_rerun_is_skipped_and_force_recomputes(demo_root, tmp_store):
     path = tmp_store.manifest("demo")
     before = (path.stat().st_mtime_ns, read_provenance(path)["key"])
     again = runner.execute("manifest", cfg, tmp_store, progress=False)
-    assert again["skipped"] is True and again["frames"] == 240
+    assert again["skipped"] is True and again["frames"] == 720
     assert path.stat().st_mtime_ns == before[0]
     assert "skipped (up to date)" in stage.format_summary(again)
     forced = runner.execute("manifest", cfg, tmp_store, force=True, progress=False)
@@ -108,5 +108,5 @@ def test_cli_manifest_prints_the_summary(demo_root, tmp_store, capsys):
     code = main(["manifest", "--config", str(DEMO), "--quiet", "--set", f"store={tmp_store.root}",
                  "--set", f"dataset.root={demo_root}"])
     out = capsys.readouterr().out
-    assert code == 0 and "frames 240   subjects 6   videos 6" in out
-    assert "1: 80  2: 80  3: 80" in out and "frames left out: 0" in out
+    assert code == 0 and "frames 720   subjects 30   videos 30" in out
+    assert "1: 240  2: 240  3: 240" in out and "frames left out: 0" in out

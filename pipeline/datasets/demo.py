@@ -1,10 +1,23 @@
-"""The embedded default dataset: synthetic faces whose geometry is driven by their AU labels.
+"""The embedded default dataset: synthetic faces whose appearance is driven by their AU labels.
 
-Each subject gets a face shape, skin tone and background; each frame a small head pose. Labels
-come from expression episodes (EMFACS-like prototypes, paper's Table II) lasting 6-20 frames, so
-AUs have realistic durations and co-occurrences. The 68 landmarks drawn are written with the
-images, so the faces stage aligns from them (detector 'provided'). A few frames show no face,
-to carry missing faces through the pipeline. Written once per parameter set into `root`.
+Labels come from expression episodes (EMFACS-like prototypes, paper's Table II, plus a
+controlled-smile "embarrassment" episode) lasting 6-20 frames, so AUs have realistic durations
+and co-occurrences. Each active AU moves the landmarks it moves on a real face (brows up or down,
+lids, lip corners, chin) *and* draws the appearance change FACS describes for it: forehead
+wrinkles (AU1 medial, AU2 lateral), glabellar furrows (AU4), cheek flush and crow's feet (AU6),
+a tightened lower lid (AU7), nasolabial folds and bared upper teeth (AU10), smile lines (AU12),
+dimples (AU14), lines down from the lip corners (AU15), chin-boss wrinkles (AU17), darker,
+narrowed lips with tense lines above them (AU23), bulges above and below pressed lips (AU24).
+The appearance changes are what a randomly initialised backbone's features carry: landmark
+shifts of a few pixels alone were not learnable there (docs/demo.md has the measurements).
+
+Each subject gets a skin tone (within a band), a face width and per-AU intensities (0.8-1.2);
+each frame a small head pose and pixel noise; the background is the same for everyone, as in a
+recording lab. Nuisance that only makes subjects differ is kept moderate on purpose: with a
+background per subject and a wider tone range, held-out subjects were markedly harder
+(docs/demo.md). The 68 landmarks drawn are written with the images, so the faces stage aligns
+from them (detector 'provided'). About 3% of the frames show no face, to carry missing faces
+through the pipeline. Written once per parameter set into `root`.
 """
 from __future__ import annotations
 
@@ -20,8 +33,10 @@ from pipeline.config import DatasetConfig
 from pipeline.datasets import generic
 from pipeline.manifest import ManifestReport
 
-IMAGE_SIZE = 288
+IMAGE_SIZE = 256
 NO_FACE_RATE = 0.03
+SHIFT = 4  # cv2 sub-pixel drawing: coordinates carry 4 fractional bits
+LINE_WIDTH = 5.0  # wrinkles, furrows and folds, face units
 # 68-point face in face units (inter-ocular ~64), image axes (y down). iBUG ordering.
 _JAW = [(70 * np.cos(t), -10 + 95 * np.sin(t)) for t in np.linspace(np.pi, 0, 17)]
 _BROW_R = [(-55 + 43 * s, -45 - 8 * np.sin(np.pi * s)) for s in np.linspace(0, 1, 5)]
@@ -46,18 +61,52 @@ _MOVES: dict[int, list[tuple[list[int], float, float]]] = {
     14: [([48, 60], 3, 0), ([54, 64], -3, 0)],
     15: [([48, 60], 0, 6), ([54, 64], 0, 6)],
     17: [([6, 7, 8, 9, 10], 0, -5), ([55, 56, 57, 58, 59], 0, -3)],
-    23: [([48, 60], 4, 0), ([54, 64], -4, 0)],
-    24: [([49, 50, 51, 52, 53], 0, 2), ([55, 56, 57, 58, 59], 0, -3)],
+    23: [([48, 60], 4, 0), ([54, 64], -4, 0), ([49, 50, 51, 52, 53], 0, 1.5),
+         ([55, 56, 57, 58, 59], 0, -1.5)],
+    24: [([49, 50, 51, 52, 53], 0, 3), ([55, 56, 57, 58, 59], 0, -4)],
 }
+
+
+def _arc(x0: float, x1: float, y: float, bend: float, n: int = 7) -> np.ndarray:
+    """Points of a gentle arc from (x0, y) to (x1, y) bulging by `bend` (face units, y down)."""
+    s = np.linspace(0, 1, n)
+    return np.stack([x0 + (x1 - x0) * s, y - bend * np.sin(np.pi * s)], 1)
+
+
+def _mirror(pts: np.ndarray) -> np.ndarray:
+    return pts * np.array([-1, 1], np.float32)
+
+
+# AU -> the lines (wrinkles, furrows, folds) of its FACS appearance changes, drawn darker than the
+# skin in proportion to the AU's intensity, in face units. AU6's flush, AU7's lids, AU10's teeth and
+# AU23's lip colour are drawn in _render.
+_LINES: dict[int, list[np.ndarray]] = {
+    1: [_arc(-22, 22, y, 3) for y in (-64, -73, -82)],  # horizontal wrinkles, mid forehead
+    2: [m(_arc(-62, -30, y, 4)) for y in (-62, -71) for m in (lambda p: p, _mirror)],  # lateral
+    4: [np.array([[x, -52], [x * 0.8, -30]]) for x in (-8, 8)] + [_arc(-14, 14, -33, -2)],  # furrows
+    6: [m(np.array([[-47, -25], [-62, y]])) for y in (-34, -25, -16)  # crow's feet
+        for m in (lambda p: p, _mirror)],
+    7: [],  # the tightened lower lid is drawn with the eyes
+    10: [m(np.array([[-16, 12], [-25, 25], [-30, 40]])) for m in (lambda p: p, _mirror)],  # nasolabial
+    12: [m(np.array([[-30, 28], [-38, 38], [-36, 50]])) for m in (lambda p: p, _mirror)],  # smile lines
+    14: [m(np.array([[-31, 38], [-31, 52]])) for m in (lambda p: p, _mirror)],  # dimples
+    15: [m(np.array([[-25, 52], [-28, 62], [-30, 72]])) for m in (lambda p: p, _mirror)],  # marionette
+    17: [_arc(-14, 14, 68, -4), _arc(-10, 10, 76, -3)],  # chin boss wrinkling
+    23: [np.array([[x, 29], [x * 1.1, 36]]) for x in (-13, -5, 5, 13)],  # tense upper lip
+    24: [_arc(-18, 18, 33, 2), _arc(-16, 16, 60, -2)],  # bulges above and below pressed lips
+}
+
+
 # Expression prototypes: AU -> probability of being on during an episode.
 _EPISODES: list[dict[int, float]] = [
     {},  # neutral
     {6: .8, 7: .5, 10: .6, 12: .95, 14: .3},  # happiness
-    {1: .7, 4: .7, 15: .7, 17: .6},  # sadness
+    {1: .7, 4: .7, 15: .7, 17: .6, 24: .3},  # sadness
     {1: .9, 2: .9},  # surprise
-    {4: .9, 7: .7, 17: .5, 23: .6, 24: .6},  # anger
+    {4: .9, 7: .7, 17: .5, 23: .7, 24: .5},  # anger
     {4: .5, 6: .4, 7: .5, 10: .8, 17: .4},  # disgust
-    {4: .6, 6: .7, 7: .8, 10: .6, 12: .3, 14: .4},  # pain
+    {4: .6, 6: .7, 7: .8, 10: .6, 12: .3, 14: .4, 23: .4},  # pain
+    {2: .3, 12: .7, 14: .6, 24: .6},  # embarrassment (a controlled smile: lips pressed)
 ]
 
 
@@ -82,58 +131,86 @@ def _shape(labels_row: np.ndarray, aus: tuple[int, ...], gains: np.ndarray) -> n
     return pts
 
 
-def _render(pts: np.ndarray, skin: tuple, bg: np.ndarray, active: set[int]) -> np.ndarray:
+def _render(units: np.ndarray, to_img, scale: float, skin: np.ndarray, bg: np.ndarray,
+            strength: dict[int, float]) -> np.ndarray:
+    """Draw the face whose landmarks are `units` (face units); to_img maps units to pixels."""
     img = bg.copy()
-    p = np.round(pts).astype(np.int32)
-    forehead = [(int(x), int(2 * p[19][1] - p[36][1] - 10)) for x, _ in p[16::-4]]
-    cv2.fillPoly(img, [np.vstack([p[:17], np.array(forehead)])], skin, cv2.LINE_AA)
-    if 6 in active:  # raised cheeks flush
-        for c in (p[41] + p[3]) // 2, (p[46] + p[13]) // 2:
-            cv2.circle(img, tuple(int(v) for v in c), 9, (200, 110, 110), -1, cv2.LINE_AA)
+
+    def px(q) -> np.ndarray:
+        return np.round(to_img(np.asarray(q, np.float32)) * (1 << SHIFT)).astype(np.int32)
+
+    def th(t: float) -> int:
+        return max(1, int(round(t * scale)))
+
+    def col(c) -> tuple:
+        return tuple(int(v) for v in np.clip(c, 0, 255))
+
+    def radius(r: float) -> int:
+        return int(r * scale * (1 << SHIFT))
+
+    aa = cv2.LINE_AA
+    top = units[17:27, 1].min() - 40
+    forehead = np.array([(x, top + 0.008 * x * x) for x in np.linspace(70, -70, 9)])
+    cv2.fillPoly(img, [px(np.vstack([units[:17], forehead]))], col(skin), aa, SHIFT)
+    for au, k in strength.items():  # appearance changes under the features
+        if au == 6:  # raised cheeks: a flush on the cheek
+            for c in ((-38, 5), (38, 5)):
+                cv2.ellipse(img, tuple(px(c)), (radius(16), radius(11)), 0, 0, 360,
+                            col(skin * (1 - 0.25 * k) + np.array([90, 0, 0]) * k), -1, aa, SHIFT)
+        for line in _LINES.get(au, []):
+            cv2.polylines(img, [px(line)], False, col(skin * (1 - 0.6 * k)), th(LINE_WIDTH), aa,
+                          SHIFT)
+    p = units
     for eye in (p[36:42], p[42:48]):
-        cv2.fillPoly(img, [eye], (245, 245, 245), cv2.LINE_AA)
-        cv2.circle(img, tuple(int(v) for v in eye.mean(0)), 4, (60, 40, 30), -1, cv2.LINE_AA)
-    cv2.polylines(img, [p[17:22], p[22:27]], False, (70, 50, 40), 4, cv2.LINE_AA)
-    cv2.polylines(img, [p[27:31], p[31:36]], False, (150, 100, 90), 2, cv2.LINE_AA)
-    cv2.fillPoly(img, [p[48:60]], (170, 70, 80), cv2.LINE_AA)
-    cv2.fillPoly(img, [p[60:68]], (90, 30, 40), cv2.LINE_AA)
-    if 14 in active:  # dimples
-        for c in (p[48] + [-5, 0], p[54] + [5, 0]):
-            cv2.line(img, tuple(int(v) for v in c), tuple(int(v) for v in c + [0, 6]), (140, 90, 80), 2)
+        cv2.fillPoly(img, [px(eye)], (245, 245, 245), aa, SHIFT)
+        cv2.circle(img, tuple(px(eye.mean(0))), radius(4), (60, 40, 30), -1, aa, SHIFT)
+        if 7 in strength:  # tightened lids: a thick lower lid
+            cv2.polylines(img, [px(eye[[3, 4, 5, 0]])], False, col(skin * (1 - 0.5 * strength[7])),
+                          th(4), aa, SHIFT)
+    cv2.polylines(img, [px(p[17:22]), px(p[22:27])], False, (70, 50, 40), th(4), aa, SHIFT)
+    cv2.polylines(img, [px(p[27:31]), px(p[31:36])], False, col(skin * 0.7), th(2), aa, SHIFT)
+    lip = np.array([170, 70, 80]) * (1 - 0.35 * strength.get(23, 0))  # tightened lips darken
+    cv2.fillPoly(img, [px(p[48:60])], col(lip), aa, SHIFT)
+    cv2.fillPoly(img, [px(p[60:68])], (90, 30, 40), aa, SHIFT)
+    if 10 in strength:  # raised upper lip bares the upper teeth
+        teeth = np.vstack([p[60:65], p[64] + [0, 3], p[60] + [0, 3]])
+        cv2.fillPoly(img, [px(teeth)], (235, 235, 225), aa, SHIFT)
     return img
 
 
 def generate(root: Path, n_subjects: int, n_frames: int, seed: int, au_set: AUSet) -> Path:
     """Write images and `manifest.csv` under root (idempotent per parameter set)."""
     params = {"n_subjects": n_subjects, "n_frames": n_frames, "seed": seed, "au_set": au_set.value,
-              "version": 1}
+              "version": 3}
     stamp, manifest = root / "demo.json", root / "manifest.csv"
     if manifest.exists() and stamp.exists() and json.loads(stamp.read_text()) == params:
         return manifest
     rng = np.random.default_rng(seed)
     aus = au_set.numbers
     rows = []
+    grad = np.linspace(0, 1, IMAGE_SIZE, dtype=np.float32)[:, None, None]
+    bg = (np.array([70, 72, 76]) * (0.7 + 0.3 * grad)).astype(np.uint8).repeat(IMAGE_SIZE, 1)
     for s in range(n_subjects):
         subject = f"S{s + 1:02d}"
-        tone = rng.uniform(0, 1)  # one tone axis: dark to light skin
-        skin = tuple(int(v) for v in np.array([110, 70, 50]) + tone * np.array([130, 130, 130]))
-        grad = np.linspace(0, 1, IMAGE_SIZE, dtype=np.float32)[:, None, None]
-        bg = (rng.integers(20, 120, 3) * (0.6 + 0.4 * grad)).astype(np.uint8).repeat(IMAGE_SIZE, 1)
-        width = rng.uniform(0.9, 1.1)
+        tone = rng.uniform(0.45, 0.8)  # one tone axis: darker to lighter skin, within a band
+        skin = np.array([110, 70, 50]) + tone * np.array([130, 130, 130])
+        width = rng.uniform(0.95, 1.05)
         gains = rng.uniform(0.8, 1.2, len(aus)).astype(np.float32)
         labels = _labels(rng, n_frames, aus)
         folder = root / subject / "T1"
         folder.mkdir(parents=True, exist_ok=True)
         for f in range(n_frames):
             ang = np.deg2rad(rng.normal(0, 4))
-            scale = rng.uniform(0.9, 1.05)
+            scale = rng.uniform(0.8, 0.9)
             rot = scale * np.array([[np.cos(ang) * width, -np.sin(ang)], [np.sin(ang) * width, np.cos(ang)]])
-            centre = np.array([IMAGE_SIZE / 2, IMAGE_SIZE / 2 + 8]) + rng.normal(0, 6, 2)
-            pts = _shape(labels[f], aus, gains) @ rot.T + centre
+            centre = np.array([IMAGE_SIZE / 2, IMAGE_SIZE / 2 + 8]) + rng.normal(0, 5, 2)
+            units = _shape(labels[f], aus, gains)
+            pts = units @ rot.T + centre
             no_face = rng.random() < NO_FACE_RATE
-            active = {a for i, a in enumerate(aus) if labels[f, i]}
-            img = bg.copy() if no_face else _render(pts, skin, bg, active)
-            img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+            strength = {a: float(gains[i]) for i, a in enumerate(aus) if labels[f, i]}
+            img = bg.copy() if no_face else _render(units, lambda q: q @ rot.T + centre, scale,
+                                                    skin, bg, strength)
+            img = np.clip(img + rng.normal(0, 3, img.shape).astype(np.float32), 0, 255).astype(np.uint8)
             name = folder / f"{f:04d}.jpg"
             cv2.imwrite(str(name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
             row = {"subject": subject, "session": "T1", "frame": f,
