@@ -71,9 +71,18 @@ def run_unit(stage: str, cfg: RunConfig, catalog: Catalog, unit: Any,
 
 
 def task_threads(cfg: RunConfig) -> int:
-    """Cores per task slot: all cores over the local cluster's slots, or this worker's."""
+    """Cores per task slot: all cores (OMP_NUM_THREADS where the user set it) over the local
+    cluster's slots, or this worker's. Float sums depend on the thread count, so a run that must
+    match another bit for bit pins it with OMP_NUM_THREADS (docs/architecture.md)."""
     slots = cfg.dask.threads_per_worker * (1 if cfg.dask.address else cfg.dask.n_workers)
-    return max(1, (os.cpu_count() or 1) // max(1, slots))
+    return max(1, _cores() // max(1, slots))
+
+
+def _cores() -> int:
+    try:
+        return int(os.environ["OMP_NUM_THREADS"])
+    except (KeyError, ValueError):
+        return os.cpu_count() or 1
 
 
 def run_units(stage: str, cfg: RunConfig, catalog: Catalog, units: list, *,

@@ -48,6 +48,21 @@ CASES = [
 ]
 
 
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # bit-identity needs one thread count
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Float sums depend on the thread count: every process here uses one thread."""
+    before, env = torch.get_num_threads(), {k: os.environ.get(k) for k in ONE_THREAD}
+    torch.set_num_threads(1)
+    os.environ.update(ONE_THREAD)  # the Dask tasks' count comes from it (runner.task_threads)
+    yield
+    torch.set_num_threads(before)
+    for k, v in env.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
 def _dataset(root: Path) -> Path:
     return write_mini_dataset(root, n_subjects=3, n_frames=12, no_face=(4,), **SECTIONS)
 
@@ -92,7 +107,7 @@ def reference(tmp_path_factory):
 
 def _kill_when(cmd: list[str], store: Path, pattern: str) -> None:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, **ONE_THREAD})
     deadline = time.time() + WAIT_S
     while not list(store.glob(pattern)):
         if proc.poll() is not None:
