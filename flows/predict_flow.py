@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.stage_flows import share_api_url
+from flows.stage_flows import prepare_workers
 from pipeline.config import (DaskConfig, FacesMode, OutputFormat, PredictConfig, TemporalMode)
 from pipeline.errors import UserError
 from stages import predict, runner
@@ -62,7 +62,7 @@ def predict_flow(params: PredictParams):
             predict.engine(cfg)  # a bad bundle fails once, before any input
     except UserError as e:
         return Failed(message=f"predict: {e}")
-    share_api_url()
+    prepare_workers()
     dask = (DaskTaskRunner(address=cfg.dask.address) if cfg.dask.address else
             DaskTaskRunner(cluster_kwargs={"n_workers": cfg.dask.n_workers, "threads_per_worker": 1,
                                            "processes": True,
