@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The demo exports a bundle with BlazeFace: the weights from ../shared where that folder exists,
+# else face-alignment's download.
+BLAZEFACE := $(wildcard ../shared/weights/blazeface/blazeface.pth)
+
 demo: setup
-	$(BIN)/aunet demo
+	$(BIN)/aunet demo $(if $(BLAZEFACE),--detector-weights $(BLAZEFACE),)
 
 test: setup
 	$(BIN)/python -m pytest -m "not slow" -q

@@ -68,10 +68,29 @@ def _flow(args: argparse.Namespace) -> int:
     overrides = _overrides(args.set)
     if args.command == "demo" and args.store:
         overrides["store"] = str(Path(args.store).resolve())
-    load_config(config, overrides)  # a bad config is said here, before any Prefect machinery
+    cfg = load_config(config, overrides)  # a bad config is said here, before Prefect starts
     ok, message = run_full_flow(config_path=str(config), overrides=overrides, force=args.force)
-    print(message, file=sys.stdout if ok else sys.stderr)
-    return 0 if ok else EXIT_FAILED
+    code = _demo_epilogue(cfg, args) if ok and args.command == "demo" else 0 if ok else EXIT_FAILED
+    print(message, file=sys.stdout if ok else sys.stderr)  # last: the headline and the report
+    return code
+
+
+def _demo_epilogue(cfg, args: argparse.Namespace) -> int:
+    """The demo's last step, as a user would do it: export a model as a bundle and predict the
+    video of a held-out subject with it (stages.bundles.predict_demo_video)."""
+    from stages import predict
+    from stages.bundles import predict_demo_video
+
+    bundle, video, subject, summary = predict_demo_video(cfg, Catalog(cfg.store), _detector(args))
+    print(f"\nA trained model as a bundle: {bundle}")
+    print(f"predicted {video} (subject {subject}, held out from that model's training) with it:")
+    print(predict.format_summary(summary))
+    if summary["failed"]:
+        print(runner.format_failures(summary), file=sys.stderr)
+        return EXIT_FAILED
+    out = summary["out"]
+    print(f"table: {out / (video.stem + '.csv')}\ntimeline: {out / (video.stem + '_timeline.png')}")
+    return 0
 
 
 def _detector(args: argparse.Namespace) -> FacesConfig | None:
@@ -180,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--store", help="artifact folder (default: the demo config's)")
     d.add_argument("--set", action="append", metavar="KEY=VALUE")
     d.add_argument("--force", action="store_true")
+    d.add_argument("--detector", default="blazeface", help=argparse.SUPPRESS)
+    d.add_argument("--detector-weights", help="BlazeFace weights for the demo's exported bundle "
+                   "(default: face-alignment's download)")
     d.set_defaults(func=_flow)
     e = sub.add_parser("export", help="write a model bundle of a trained head (for aunet predict)")
     _common(e)

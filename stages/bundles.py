@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from pipeline.aus import au_column
@@ -15,6 +16,7 @@ from pipeline.bundle import (DETECTOR_DIR, FAN_FILE, HEAD_FILE, SPEC_FILE, Backb
 from pipeline.config import (Backbone, CropMode, DetectorKind, FacesConfig, RunConfig, TemporalMode,
                              Variant)
 from pipeline.detect import resolve_weights
+from pipeline.manifest import label_matrix
 from pipeline.folds import ALL_SUBJECTS, fold_name
 from pipeline.hashing import file_sha256
 from pipeline.models.reference import read_released_file
@@ -193,3 +195,31 @@ def list_models(folder: Path) -> list[dict]:
         except BundleError as e:
             out.append({"path": str(spec_file.parent), "error": str(e)})
     return out
+
+
+DEMO_BUNDLE = "demo-{variant}-fold1"
+
+
+def predict_demo_video(cfg: RunConfig, catalog: Catalog, detector: FacesConfig | None = None):
+    """The demo's last step, as a user would take it: export the fold-1 model (AUNet where it
+    was trained) as a bundle, string the frames of the fold-1 test subject with the most active
+    AUs into an mp4, and predict it. Returns (bundle, video, subject, predict summary with its `out` folder)."""
+    from pipeline.config import PredictConfig
+    from pipeline.datasets.demo_video import write_video
+    from stages import predict
+
+    variant = Variant.AUNET if Variant.AUNET in cfg.train.variants else cfg.train.variants[0]
+    table = manifests.load(catalog, cfg.dataset.name).to_pandas()
+    table = table[table.fold == 1]
+    active = pd.Series((label_matrix(table, cfg.dataset.au_set) == 1).sum(1), index=table.index)
+    subject = active.groupby(table.subject).sum().idxmax()  # the most expressive: a lively video
+    video = write_video(cfg.dataset.root / "manifest.csv", subject,
+                        cfg.dataset.root / "videos" / f"{subject}.mp4")
+    bundle = export(cfg, catalog, variant, 1,
+                    catalog.root / "bundles" / DEMO_BUNDLE.format(variant=variant.value),
+                    detector=detector)
+    out = catalog.root / "predictions"
+    summary = predict.run(PredictConfig(inputs=(video,), model=bundle, out=out,
+                                        allow_random_weights=cfg.features.allow_random_weights),
+                          progress=False)
+    return bundle, video, subject, summary | {"out": out}

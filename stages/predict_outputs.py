@@ -65,42 +65,25 @@ def write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
 
 def timeline(df: pd.DataFrame, aus: list[str], title: str, path: Path, banner: bool) -> None:
     """Per-AU probability against time for face 0, frames without a face shaded grey."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from stages.report_figures import plt, save_figure
 
     d = df[df.face_id == 0] if "face_id" in df else df
     x = d["frame"].to_numpy()
     fig, axes = plt.subplots(len(aus), 1, figsize=(10, 0.55 * len(aus) + 1.3), sharex=True,
                              squeeze=False)
-    no_face = d["success"].to_numpy() == 0
+    no_face = x[d["success"].to_numpy() == 0]
     for ax, au in zip(axes[:, 0], aus):
+        for f in no_face:  # one span per frame: a lone missing frame shows too
+            ax.axvspan(f - 0.5, f + 0.5, color="#dddddd", linewidth=0)
         p = pd.to_numeric(d[f"{au}_p"], errors="coerce").to_numpy(float)
-        ax.fill_between(x, 0, 1, where=no_face, color="#dddddd", step="mid", linewidth=0)
-        ax.plot(x, p, lw=1, color="#1f77b4")
+        ax.plot(x, p, lw=1, color="#1f77b4", marker=".", ms=3)  # a lone face frame shows too
         ax.set_ylim(-0.05, 1.05)
         ax.set_yticks([])
         ax.set_ylabel(au, rotation=0, ha="right", va="center", fontsize=8)
     axes[-1, 0].set_xlabel("frame (grey: no face)")
-    fig.suptitle(title, fontsize=9)
-    if banner:
-        fig.text(0.5, 0.995, RANDOM_WEIGHTS_BANNER, ha="center", va="top", fontsize=7,
-                 color="white", wrap=True, bbox={"facecolor": "#b00000", "edgecolor": "none"})
+    fig.suptitle(title, fontsize=9, y=0.955 if banner else 0.995)  # below a banner that may wrap
     fig.tight_layout(rect=(0, 0, 1, 0.93 if banner else 0.97))
-    with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-
-
-def save_aligned(folder: Path, row: Row, image_name: str | None = None) -> None:
-    """OpenFace's convention: {stem}_aligned/frame_det_{face:02d}_{frame:06d}.png (1-based) for
-    video frames; {image stem}_det_{face:02d}.png for independent images."""
-    name = (f"frame_det_{row.face_id:02d}_{row.frame + 1:06d}.png" if image_name is None
-            else f"{Path(image_name).stem}_det_{row.face_id:02d}.png")
-    ok, data = cv2.imencode(".png", cv2.cvtColor(row.crop, cv2.COLOR_RGB2BGR))
-    with atomic_path(folder / name) as tmp:
-        tmp.write_bytes(data.tobytes())
+    save_figure(fig, path, RANDOM_WEIGHTS_BANNER if banner else None)
 
 
 def render(frames, df: pd.DataFrame, aus: list[str], path: Path, fps: float, banner: bool) -> None:

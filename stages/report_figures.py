@@ -26,7 +26,8 @@ BASELINE, BASELINE_COLOUR = "all_positive", "#b0b0b0"  # the all-present baselin
 BANNER_COLOUR = "#b00000"
 
 
-def _save(fig, path: Path, banner: str | None) -> Path:
+def save_figure(fig, path: Path, banner: str | None) -> Path:
+    """Write fig atomically as a PNG, the random-weights banner across its top where given."""
     if banner:  # random-weights runs: the warning is part of every figure
         fig.text(0.5, 0.995, banner, ha="center", va="top", fontsize=7, color="white",
                  wrap=True, bbox={"facecolor": BANNER_COLOUR, "edgecolor": "none", "pad": 3})
@@ -60,7 +61,7 @@ def f1_bars(metrics: pd.DataFrame, eval_dataset: str, path: Path, banner: str | 
     ax.legend(ncol=min(len(variants), 3), fontsize=8, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout(rect=(0, 0, 1, 0.93 if banner else 1))
-    return _save(fig, path, banner)
+    return save_figure(fig, path, banner)
 
 
 def correlation_heatmaps(cooc: pd.DataFrame, eval_dataset: str, path: Path,
@@ -85,7 +86,7 @@ def correlation_heatmaps(cooc: pd.DataFrame, eval_dataset: str, path: Path,
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="Pearson r")
     fig.suptitle(f"AU correlation, labels vs predictions, {eval_dataset} (pooled folds)",
                  fontsize=9, y=0.86 if banner else 0.99)  # below a banner that may wrap
-    return _save(fig, path, banner)
+    return save_figure(fig, path, banner)
 
 
 def timeline(pred: pd.DataFrame, aus: list[str], video: str, path: Path,
@@ -115,4 +116,4 @@ def timeline(pred: pd.DataFrame, aus: list[str], video: str, path: Path,
     fig.suptitle(f"Video {video}: probabilities against labels", fontsize=9,
                  y=0.96 if banner else 0.995)
     fig.tight_layout(rect=(0, 0, 1, 0.94 if banner else 0.98))
-    return _save(fig, path, banner)
+    return save_figure(fig, path, banner)
