@@ -86,6 +86,16 @@ def timeline(df: pd.DataFrame, aus: list[str], title: str, path: Path, banner: b
     save_figure(fig, path, RANDOM_WEIGHTS_BANNER if banner else None)
 
 
+def save_aligned(folder: Path, row: Row, image_name: str | None = None) -> None:
+    """OpenFace's convention: {stem}_aligned/frame_det_{face:02d}_{frame:06d}.png (1-based) for
+    video frames; {image stem}_det_{face:02d}.png for independent images."""
+    name = (f"frame_det_{row.face_id:02d}_{row.frame + 1:06d}.png" if image_name is None
+            else f"{Path(image_name).stem}_det_{row.face_id:02d}.png")
+    ok, data = cv2.imencode(".png", cv2.cvtColor(row.crop, cv2.COLOR_RGB2BGR))
+    with atomic_path(folder / name) as tmp:
+        tmp.write_bytes(data.tobytes())
+
+
 def render(frames, df: pd.DataFrame, aus: list[str], path: Path, fps: float, banner: bool) -> None:
     """An annotated copy of the video from its table (a second decoding pass, so memory stays
     flat): each face's box and the AUs that are on."""

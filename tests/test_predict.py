@@ -157,10 +157,10 @@ def test_no_face_rows_images_folder_and_bad_inputs(bundles, capsys, tmp_path):
 
 
 def test_all_faces_parquet_and_aligned_crops(bundles, capsys, tmp_path):
-    code, _, _ = _predict(capsys, bundles["au_fan"], tmp_path, MEDIA / "images" / "multi_face.jpg",
+    code, _, err = _predict(capsys, bundles["au_fan"], tmp_path, MEDIA / "images" / "multi_face.jpg",
                           MEDIA / "videos" / "single_face.mp4",
                           extra=["--faces", "all", "--format", "parquet", "--save-aligned"])
-    assert code == 0
+    assert code == 0, err
     img = pd.read_parquet(tmp_path / "images.parquet")
     assert sorted(img.face) == [0, 1, 2, 3, 4]
     vid = pd.read_parquet(tmp_path / "single_face.parquet")
