@@ -173,8 +173,11 @@ def main() -> int:
         wall, r, parts = best
         n = r["frames"]
         total = sum(parts.values())
-        print(f"== predict {VIDEO.name}: {n} frames, {args.variant} ({args.temporal}), crop "
-              f"{args.crop}, {torch.get_num_threads()} torch threads")
+        from pipeline.bundle import read_spec
+
+        spec = read_spec(bundle)  # what was measured: the given bundle's, not the defaults
+        print(f"== predict {VIDEO.name}: {n} frames, {Variant(spec.variant).value} ({args.temporal}), crop "
+              f"{spec.crop.size}, {torch.get_num_threads()} torch threads")
         print(f"predict stage : {n / wall:7.2f} frames/s ({wall:.2f} s; shares: " + ", ".join(
             f"{k} {100 * v / wall:.0f}%" for k, v in r["timing"].items()) + ")")
         print(f"bare parts    : {n / total:7.2f} frames/s ({total:.2f} s: " + ", ".join(
