@@ -203,7 +203,8 @@ DEMO_BUNDLE = "demo-{variant}-fold1"
 def predict_demo_video(cfg: RunConfig, catalog: Catalog, detector: FacesConfig | None = None):
     """The demo's last step, as a user would take it: export the fold-1 model (AUNet where it
     was trained) as a bundle, string the frames of the fold-1 test subject with the most active
-    AUs into an mp4, and predict it. Returns (bundle, video, subject, predict summary with its `out` folder)."""
+    AUs into an mp4, and predict it. Returns (bundle, video, subject, the predict summary with
+    its `out` folder)."""
     from pipeline.config import PredictConfig
     from pipeline.datasets.demo_video import write_video
     from stages import predict
