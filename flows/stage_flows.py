@@ -28,11 +28,17 @@ from store.provenance import RANDOM_WEIGHTS_BANNER
 DASK_STAGES = {"faces", "features", "prior", "train", "evaluate"}
 
 
-# Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 to its workers. Setting it turns off glibc's
-# adaptive mmap threshold, so every tensor over 128 KiB is a fresh mmap and its page faults: a
-# demo head trained in 19.8 s on a worker against 12.7 s without it (docs/orchestration.md).
-# None unsets it (distributed.nanny._get_env_variables); the user's own environment still wins.
-WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+# What Dask's nanny would export to its workers (distributed.nanny.pre-spawn-environ), unset:
+# - MALLOC_TRIM_THRESHOLD_=65536 turns off glibc's adaptive mmap threshold, so every tensor over
+#   128 KiB is a fresh mmap and its page faults: a demo head trained in 19.8 s on a worker against
+#   12.7 s without it (docs/demo.md).
+# - OMP/MKL/OPENBLAS_NUM_THREADS=1: each task sets torch's threads itself (runner.task_threads),
+#   from the user's OMP_NUM_THREADS where set; the nanny also writes these into this process's
+#   own environment, where they would read as the user's choice.
+# None unsets a key (distributed.nanny._get_env_variables); the user's own environment still wins.
+WORKER_ENVIRON = {f"distributed.nanny.pre-spawn-environ.{k}": None
+                  for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                            "OPENBLAS_NUM_THREADS")}
 
 
 def prepare_workers() -> None:

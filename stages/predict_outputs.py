@@ -63,6 +63,14 @@ def write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
             tmp.write_text(text.replace("\x1f", CSV_SEP))
 
 
+def _runs(frames: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) of each run of consecutive frame numbers."""
+    if len(frames) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(frames) != 1)
+    return list(zip(frames[np.r_[0, breaks + 1]], frames[np.r_[breaks, len(frames) - 1]]))
+
+
 def timeline(df: pd.DataFrame, aus: list[str], title: str, path: Path, banner: bool) -> None:
     """Per-AU probability against time for face 0, frames without a face shaded grey."""
     from stages.report_figures import plt, save_figure
@@ -71,10 +79,10 @@ def timeline(df: pd.DataFrame, aus: list[str], title: str, path: Path, banner: b
     x = d["frame"].to_numpy()
     fig, axes = plt.subplots(len(aus), 1, figsize=(10, 0.55 * len(aus) + 1.3), sharex=True,
                              squeeze=False)
-    no_face = x[d["success"].to_numpy() == 0]
+    gaps = _runs(x[d["success"].to_numpy() == 0])
     for ax, au in zip(axes[:, 0], aus):
-        for f in no_face:  # one span per frame: a lone missing frame shows too
-            ax.axvspan(f - 0.5, f + 0.5, color="#dddddd", linewidth=0)
+        for first, last in gaps:  # one span per run of face-less frames, a lone one included
+            ax.axvspan(first - 0.5, last + 0.5, color="#dddddd", linewidth=0)
         p = pd.to_numeric(d[f"{au}_p"], errors="coerce").to_numpy(float)
         ax.plot(x, p, lw=1, color="#1f77b4", marker=".", ms=3)  # a lone face frame shows too
         ax.set_ylim(-0.05, 1.05)

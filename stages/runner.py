@@ -42,7 +42,8 @@ def module(stage: str):
 
 
 def set_threads(threads: int | None) -> None:
-    """Give torch `threads` intra-op threads (Dask's nanny pins workers to one)."""
+    """Give torch `threads` intra-op threads (each unit sets its own: the process may be a Dask
+    worker whose defaults were chosen for something else)."""
     if threads:
         import torch
 

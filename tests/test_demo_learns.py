@@ -14,7 +14,7 @@ import pytest
 
 import pandas as pd
 
-from conftest import SHARED, run_stages
+from conftest import BLAZE, run_stages
 from pipeline.config import FacesConfig, load_config
 from stages import report, runner
 from stages.bundles import predict_demo_video
@@ -45,7 +45,9 @@ def test_au_fan_beats_all_positive_on_held_out_subjects(tmp_path):
 
     # The demo's last step: the fold-1 model as a bundle, a held-out subject's video predicted
     # with it through BlazeFace (not the provided landmarks the model was trained on).
-    blaze = FacesConfig(detector="blazeface", detector_weights=SHARED / "weights/blazeface/blazeface.pth")
+    if not BLAZE.exists():
+        pytest.skip(f"the learning check passed; the predict step needs {BLAZE} (../shared)")
+    blaze = FacesConfig(detector="blazeface", detector_weights=BLAZE)
     bundle, video, subject, summary = predict_demo_video(cfg, cat, blaze)
     assert not summary["failed"] and (bundle / "model.json").exists()
     table = pd.read_csv(summary["out"] / f"{video.stem}.csv", skipinitialspace=True)

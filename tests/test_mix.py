@@ -91,7 +91,7 @@ def test_unlabelled_aus_give_no_loss_and_no_metric(mixed):
     rate_both = yy[:, UNION.index(both)].mean()
     assert rate25 > 0 and rate_both > 0
     assert w[UNION.index("AU25")] / w[UNION.index(both)] == pytest.approx(rate_both / rate25, rel=1e-5)
-    run = tables.latest_run(cat, "bp4d+disfa")
+    run = tables.latest_run(cat, "bp4d+disfa", eval_id(cfg))  # not the cross-dataset test's
     m = tables.read_run(cat, "metrics", "bp4d+disfa", run).to_pandas()
     assert set(m.eval_dataset) == {"bp4d", "disfa", "bp4d+disfa"}
     assert "AU09" not in set(m[m.eval_dataset == "bp4d"].au) and "AU07" not in set(m[m.eval_dataset == "disfa"].au)
@@ -103,7 +103,7 @@ def test_unlabelled_aus_give_no_loss_and_no_metric(mixed):
 
 def test_comparison_with_single_dataset_models(mixed):
     cfg, cat, s, _ = mixed
-    run = tables.latest_run(cat, "bp4d+disfa")
+    run = tables.latest_run(cat, "bp4d+disfa", eval_id(cfg))  # not the cross-dataset test's
     comp = tables.read_run(cat, "comparison", "bp4d+disfa", run).to_pandas()
     assert set(comp.eval_dataset) == {"bp4d", "disfa"} and set(comp.variant) == {"au_fan", "aunet"}
     assert set(comp[comp.eval_dataset == "disfa"].au) == set(AUSet.DISFA.columns) | {"Avg"}

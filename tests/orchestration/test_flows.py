@@ -116,20 +116,28 @@ def test_local_dask_dashboard_binds_loopback(tiny):
     assert cfg.dask.dashboard_address.startswith("127.0.0.1:")
 
 
-def test_local_workers_keep_glibc_adaptive_malloc(monkeypatch):
-    """Dask's nanny would export MALLOC_TRIM_THRESHOLD_ (training 1.6x slower on a worker)."""
-    import dask
-    from distributed.nanny import _get_env_variables
+def test_local_workers_keep_adaptive_malloc_and_their_share_of_the_cores(tiny, monkeypatch):
+    """Dask's nanny would export MALLOC_TRIM_THRESHOLD_ (training 1.6x slower on a worker) and
+    OMP_NUM_THREADS=1, also into this process, where a task would read it as the user's choice."""
+    import os
+
+    from distributed import Client, LocalCluster
 
     from flows.stage_flows import prepare_workers
+    from stages import runner
 
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:1/api")  # no server for this check
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
-    key = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
-    with dask.config.set({key: 65536}):  # distributed's default; restored after the test
-        prepare_workers()
-        env = _get_env_variables("distributed.nanny.pre-spawn-environ")
-        assert "MALLOC_TRIM_THRESHOLD_" not in env and env["OMP_NUM_THREADS"] == "1"
+    for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(k, raising=False)
+    cfg = load_config(tiny)
+    prepare_workers()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as lc, Client(lc) as client:
+        threads = client.submit(runner.task_threads, cfg, pure=False).result()
+        trim = client.submit(os.environ.get, "MALLOC_TRIM_THRESHOLD_", pure=False).result()
+    slots = cfg.dask.n_workers * cfg.dask.threads_per_worker
+    assert threads == max(1, (os.cpu_count() or 1) // slots) and trim is None
+    assert "OMP_NUM_THREADS" not in os.environ
 
 
 def test_predict_flow_fans_out_per_input_and_fails_by_name(harness, tmp_path):
