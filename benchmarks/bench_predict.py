@@ -27,7 +27,7 @@ import torch
 
 from pipeline.aus import AUSet
 from pipeline.config import FacesConfig, PredictConfig, TemporalMode, Variant
-from pipeline.video import iter_video, video_fps
+from pipeline.video import iter_video, video_fps, write_video
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 VIDEO = SHARED / "media" / "videos" / "single_face.mp4"
@@ -99,14 +99,7 @@ def bare(bundle: Path, video: Path, temporal: str) -> dict:
 
 def repeated(video: Path, times: int, out: Path) -> Path:
     """The video written `times` times in a row (the same frames, a longer file)."""
-    writer = None
-    for _ in range(times):
-        for _, img in iter_video(video):
-            if writer is None:
-                writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), video_fps(video),
-                                         (img.shape[1], img.shape[0]))
-            writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    writer.release()
+    write_video((img for _ in range(times) for _, img in iter_video(video)), out, video_fps(video))
     return out
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -57,6 +57,35 @@ def frame_count(path: str | Path) -> int:
         return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
     finally:
         cap.release()
+
+
+VIDEO_CODEC = "mp4v"  # OpenCV's own MPEG-4 writer: no external encoder needed
+
+
+def write_video(frames: Iterable[np.ndarray], path: str | Path, fps: float) -> int:
+    """RGB uint8 frames (H, W, 3) as an mp4 at `path`, written beside it and renamed into place
+    once every frame is in (the temporary name keeps `.mp4`: OpenCV picks the container from
+    it). Returns the frames written; with none, nothing is written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    writer, n = None, 0
+    try:
+        for rgb in frames:
+            if writer is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*VIDEO_CODEC), fps,
+                                         (rgb.shape[1], rgb.shape[0]))
+            writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            n += 1
+        if writer is not None:
+            writer.release()
+            writer = None
+            tmp.replace(path)
+    finally:
+        if writer is not None:
+            writer.release()
+        tmp.unlink(missing_ok=True)
+    return n
 
 
 def video_fps(path: str | Path) -> float:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.predictor import Row
+from pipeline.video import write_video
 from store.provenance import RANDOM_WEIGHTS_BANNER, atomic_path
 
 BOX_COLUMNS = ["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]
@@ -107,16 +108,10 @@ def save_aligned(folder: Path, row: Row, image_name: str | None = None) -> None:
 def render(frames, df: pd.DataFrame, aus: list[str], path: Path, fps: float, banner: bool) -> None:
     """An annotated copy of the video from its table (a second decoding pass, so memory stays
     flat): each face's box and the AUs that are on."""
-    path = Path(path)
     by_frame = {f: g for f, g in df[df.success == 1].groupby("frame")}
-    writer, tmp = None, path.with_name(f".{path.name}.tmp.mp4")
-    try:
-        for index, image in frames:
-            frame = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-            if writer is None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                         (frame.shape[1], frame.shape[0]))
+
+    def annotated():
+        for index, frame in frames:  # (H, W, 3) RGB, drawn on in place
             for r in by_frame.get(index + 1, pd.DataFrame()).itertuples():
                 x0, y0, x1, y1 = (int(getattr(r, c)) for c in BOX_COLUMNS)
                 on = [au for au in aus if getattr(r, f"{au}_c") == 1]
@@ -125,13 +120,7 @@ def render(frames, df: pd.DataFrame, aus: list[str], path: Path, fps: float, ban
                             cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 200, 0), 1, cv2.LINE_AA)
             if banner:
                 cv2.putText(frame, "UNTRAINED BACKBONE: not AU detection", (8, 20),
-                            cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 255), 2, cv2.LINE_AA)
-            writer.write(frame)
-        if writer is not None:
-            writer.release()
-            writer = None
-            tmp.replace(path)
-    finally:
-        if writer is not None:
-            writer.release()
-        tmp.unlink(missing_ok=True)
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 0, 0), 2, cv2.LINE_AA)
+            yield frame
+
+    write_video(annotated(), path, fps)

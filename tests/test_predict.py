@@ -18,7 +18,7 @@ from pipeline.align import face_transform, warp
 from pipeline.bundle import BundleError, detector_config, load_backbone_of, load_head_of, read_spec
 from pipeline.config import FacesConfig, load_config
 from pipeline.detect import make_detector
-from pipeline.video import iter_video, read_image, video_fps
+from pipeline.video import frame_count, iter_video, read_image, video_fps
 from stages.bundles import export
 from store.catalog import Catalog
 
@@ -159,8 +159,11 @@ def test_no_face_rows_images_folder_and_bad_inputs(bundles, capsys, tmp_path):
 def test_all_faces_parquet_and_aligned_crops(bundles, capsys, tmp_path):
     code, _, err = _predict(capsys, bundles["au_fan"], tmp_path, MEDIA / "images" / "multi_face.jpg",
                           MEDIA / "videos" / "single_face.mp4",
-                          extra=["--faces", "all", "--format", "parquet", "--save-aligned"])
+                          extra=["--faces", "all", "--format", "parquet", "--save-aligned",
+                                 "--render"])
     assert code == 0, err
+    assert frame_count(tmp_path / "single_face_annotated.mp4") == 72  # every frame, annotated
+    assert not list(tmp_path.glob(".*tmp*"))
     img = pd.read_parquet(tmp_path / "images.parquet")
     assert sorted(img.face) == [0, 1, 2, 3, 4]
     vid = pd.read_parquet(tmp_path / "single_face.parquet")
