@@ -19,7 +19,7 @@ from pipeline.detect import resolve_weights
 from pipeline.manifest import label_matrix
 from pipeline.folds import ALL_SUBJECTS, fold_name
 from pipeline.hashing import file_sha256
-from pipeline.models.reference import read_released_file
+from pipeline.models.reference import load_released_head, read_released_file
 from store import manifests
 from store.catalog import Catalog
 from store.models import checked_head, read_checkpoint
@@ -73,11 +73,11 @@ def export(cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int, out: P
     with atomic_path(out / HEAD_FILE) as tmp:
         torch.save(blob["state_dict"], tmp)
     f = cfg.features
-    random = f.weights is None and not f.allow_download
+    if f.allow_download and f.weights is None:  # before anything reads f.weights as a path
+        raise BundleError("export needs the FAN weights as a local file: set features.weights")
+    random = f.weights is None
     backbone = BackboneSpec(variant=f.backbone, random_seed=f.seed if random else None,
                             sha256=None if random else _copy(Path(f.weights), out / FAN_FILE))
-    if f.allow_download and f.weights is None:
-        raise BundleError("export needs the FAN weights as a local file: set features.weights")
     table = manifests.load(catalog, cfg.dataset.name, ["subject", "fold"]).to_pandas()
     subjects = sorted(table.subject[table.fold != fold].unique()) if fold != ALL_SUBJECTS \
         else sorted(table.subject.unique())
@@ -157,8 +157,6 @@ def import_reference(src: Path | None, out: Path, *, head: Path | None = None,
     made = []
     for path, numbers, bundle_name, data, k, f1 in jobs:
         state = read_released_file(path)  # checked now: a bad file fails before anything is written
-        from pipeline.models.reference import load_released_head
-
         load_released_head(state, len(numbers), source=str(path))
         folder = Path(out) / bundle_name
         folder.mkdir(parents=True, exist_ok=True)
