@@ -10,6 +10,7 @@ rows), the member's folds (fold k of the mix = fold k of every member), and `mem
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,8 +31,19 @@ def is_mix(cfg: RunConfig) -> bool:
     return cfg.dataset.layout is Layout.MIX
 
 
-@lru_cache(maxsize=16)
 def _load(path: str) -> RunConfig:
+    """The member config at `path`, parsed once per version of the file (a long-lived Dask
+    worker serving several runs sees an edited member config)."""
+    try:
+        st = Path(path).stat()
+        stamp = (st.st_mtime_ns, st.st_size)
+    except OSError:  # load_config says what is wrong with the path
+        stamp = None
+    return _load_version(path, stamp)
+
+
+@lru_cache(maxsize=16)
+def _load_version(path: str, stamp: tuple | None) -> RunConfig:
     return load_config(path)
 
 
