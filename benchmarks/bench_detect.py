@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import FacesConfig
-from pipeline.detect import DetectorError, make_detector, min_score
-from pipeline.detect_eval import (Presence, above, detect_all, found_face, load_media,
+from pipeline.faces.factory import make_detector, min_score
+from pipeline.faces.types import DetectorError
+from benchmarks.detect_eval import (Presence, above, detect_all, found_face, load_media,
                                   persist_blocks, smallest_found, sweep_cases)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -24,7 +24,7 @@ import cv2
 import pandas as pd
 import zarr
 
-from pipeline.align import template
+from pipeline.faces.align import template
 from pipeline.config import DatasetConfig, FacesConfig, FeaturesConfig, RunConfig
 from stages import runner
 from stages.features_compute import backbone

@@ -53,10 +53,10 @@ def predict_once(bundle: Path, video: Path, out: Path, temporal: str) -> dict:
 
 def bare(bundle: Path, video: Path, temporal: str) -> dict:
     """The same parts with no pipeline around them, on the same frames."""
-    from pipeline.bundle import detector_config, load_backbone_of, load_head_of, read_spec
-    from pipeline.detect import make_detector
-    from pipeline.predictor import Engine
-    from pipeline.tracking import largest
+    from pipeline.predict.bundle import detector_config, load_backbone_of, load_head_of, read_spec
+    from pipeline.faces.factory import make_detector
+    from pipeline.predict.predictor import Engine
+    from pipeline.faces.tracking import largest
 
     spec = read_spec(bundle)
     eng = Engine(bundle, spec, temporal=TemporalMode(temporal), tta_flip=False,
@@ -166,7 +166,7 @@ def main() -> int:
         wall, r, parts = best
         n = r["frames"]
         total = sum(parts.values())
-        from pipeline.bundle import read_spec
+        from pipeline.predict.bundle import read_spec
 
         spec = read_spec(bundle)  # what was measured: the given bundle's, not the defaults
         print(f"== predict {VIDEO.name}: {n} frames, {Variant(spec.variant).value} ({args.temporal}), crop "

@@ -4,7 +4,7 @@
 
 Same samples, same batches (chunk-local order), same head initialisation, loss (weighted BCE +
 paper consistency loss through a frozen random prior encoder), optimiser and feature shift:
-  - cache: pipeline.training.fit over a real Zarr feature store (768x64x64 float16, blosc-lz4);
+  - cache: pipeline.learning.training.fit over a real Zarr feature store (768x64x64 float16, blosc-lz4);
   - end-to-end: what the reference code does, i.e. the frozen 2-stack FAN (random weights) is
     run on the three 256x256 crops of every sample (no grad), then the same head step.
 Also: samples/s of the reader alone (what the training loader does: FeatureStore.read of each
@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.batches import batch_buffer, chunk_local_batches, gather_shifted, read_unique
+from pipeline.learning.batches import batch_buffer, chunk_local_batches, gather_shifted, read_unique
 from pipeline.config import Backbone, ConsistencyForm, TrainConfig, Variant
-from pipeline.losses import consistency_loss, weighted_bce
+from pipeline.learning.losses import consistency_loss, weighted_bce
 from pipeline.models.fan import FrozenFAN
 from pipeline.models.heads import build_head
 from pipeline.models.vae import FrozenEncoder, LabelVAE
-from pipeline.training import fit
+from pipeline.learning.training import fit
 from store.features import FeatureStore, create_feature_store, write_shard
 
 T, N_AUS, FPS, SEED = 10, 12, 32, 0
@@ -69,9 +69,9 @@ def head_and_encoder() -> tuple[torch.nn.Module, FrozenEncoder]:
 
 
 def end_to_end_epoch(fan, crops, trip, y, cfg: TrainConfig, store_fps: int) -> None:
-    """The same epoch as pipeline.training.fit, but features recomputed by the FAN for every sample."""
+    """The same epoch as pipeline.learning.training.fit, but features recomputed by the FAN for every sample."""
     model, enc = head_and_encoder()
-    model.to(memory_format=torch.channels_last)  # as pipeline.training.fit
+    model.to(memory_format=torch.channels_last)  # as pipeline.learning.training.fit
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng([SEED, 0, 1])
     shift_rng = np.random.default_rng([SEED, 0, 1, 1])
@@ -82,7 +82,7 @@ def end_to_end_epoch(fan, crops, trip, y, cfg: TrainConfig, store_fps: int) -> N
     for idx in batches:
         b = len(idx)
         feats = fan_features(fan, crops[trip[idx].ravel()])  # (3B, 768, 64, 64) channels last
-        if buf is None:  # one reused batch buffer, as pipeline.training.fit
+        if buf is None:  # one reused batch buffer, as pipeline.learning.training.fit
             buf = batch_buffer(3, cfg.batch_size, *feats.shape[1:])
         x = gather_shifted(feats, np.arange(3 * b).reshape(b, 3), cfg.feature_shift, shift_rng, buf)
         logits = model(x[1], x[0], x[2])  # x: (3, B, 768, 64, 64)
@@ -94,7 +94,7 @@ def end_to_end_epoch(fan, crops, trip, y, cfg: TrainConfig, store_fps: int) -> N
 
 
 def load_batch(store: FeatureStore, rows: np.ndarray, shift: int, rng, buf=None) -> torch.Tensor:
-    """What pipeline.training.fit does per batch: read each frame once, gather, shift, cast."""
+    """What pipeline.learning.training.fit does per batch: read each frame once, gather, shift, cast."""
     return gather_shifted(*read_unique(store, rows), shift, rng, buf)
 
 

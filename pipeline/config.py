@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -86,7 +87,7 @@ class DetectorKind(str, Enum):
     BLAZEFACE = "blazeface"
     BLAZEFACE_BACK = "blazeface_back"
     SFD = "sfd"
-    RETINAFACE = "retinaface"  # RetinaFace MobileNet-0.25 (pipeline/retinaface.py); weights by path
+    RETINAFACE = "retinaface"  # RetinaFace MobileNet-0.25 (pipeline/faces/retinaface.py); weights by path
     PROVIDED = "provided"  # use the manifest's landmarks / boxes; no detector runs
 
 
@@ -110,10 +111,10 @@ class FacesConfig(Strict):
     detector: DetectorKind = DetectorKind.BLAZEFACE
     detector_weights: Optional[Path] = None  # None: face-alignment's own downloader
     detector_anchors: Optional[Path] = None
-    # None: the detector's own measured default (pipeline.detect.DEFAULT_MIN_SCORE).
+    # None: the detector's own measured default (pipeline.faces.factory.DEFAULT_MIN_SCORE).
     min_score: Optional[float] = Field(None, ge=0, le=1)
     # BlazeFace small faces: tiles of 1/2 (level 2), 1/4 (3), 1/8 (4) of the short side too, their
-    # faces confirmed by both BlazeFace models (pipeline/blazeface.py).
+    # faces confirmed by both BlazeFace models (pipeline/faces/blazeface.py).
     tile_pyramid: TilePyramid = TilePyramid.FALLBACK
     tile_levels: int = Field(2, ge=1, le=4)
     temporal: TemporalRule = TemporalRule.NONE
@@ -388,3 +389,22 @@ def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) ->
             loc = ".".join(str(x) for x in err["loc"])
             lines.append(f"  {loc}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
+
+
+def member_configs(cfg: RunConfig) -> list[RunConfig]:
+    """A mix's member configs (`dataset.members`), each parsed once per version of its file (a
+    long-lived Dask worker serving several runs sees an edited member config); [] otherwise."""
+    return [_load_version(str(p), _file_version(Path(p))) for p in cfg.dataset.members]
+
+
+def _file_version(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+    except OSError:  # load_config says what is wrong with the path
+        return None
+
+
+@lru_cache(maxsize=16)
+def _load_version(path: str, version: tuple | None) -> RunConfig:
+    return load_config(path)

@@ -1,4 +1,4 @@
-"""Model bundles (pipeline/bundle.py): export a trained head, import the paper's released files,
+"""Model bundles (pipeline/predict/bundle.py): export a trained head, import the paper's released files,
 list what a folder holds. Every file of a bundle is written atomically with its SHA-256 recorded.
 """
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pandas as pd
 import torch
 
 from pipeline.aus import au_column
-from pipeline.bundle import (DETECTOR_DIR, FAN_FILE, HEAD_FILE, SPEC_FILE, BackboneSpec, BundleError,
+from pipeline.predict.bundle import (DETECTOR_DIR, FAN_FILE, HEAD_FILE, SPEC_FILE, BackboneSpec, BundleError,
                              BundleSpec, CropSpec, DetectorSpec, HeadLayout, read_spec)
 from pipeline.config import (Backbone, CropMode, DetectorKind, FacesConfig, RunConfig, TemporalMode,
                              Variant)
-from pipeline.detect import resolve_weights
+from pipeline.faces.weights import resolve_weights
 from pipeline.manifest import label_matrix
 from pipeline.folds import ALL_SUBJECTS, fold_name
 from pipeline.hashing import file_sha256

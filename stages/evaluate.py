@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 from pipeline.config import RunConfig, Variant
 from pipeline.folds import ALL_SUBJECTS
 from pipeline.errors import ConfigError, StaleArtifact
-from pipeline.inference import predict
+from pipeline.learning.inference import predict
 from pipeline.manifest import au_set_of, label_matrix
-from pipeline.temporal import triplet_rows
+from pipeline.learning.temporal import triplet_rows
 from stages import mixed_eval, scoring
 from stages.contract import Plan, UnitResult
 from store import features as feature_store

@@ -8,7 +8,6 @@ frame's own problem (unreadable file, a folder given as an image) never fails it
 """
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,9 +16,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.align import template
+from pipeline.faces.align import template
 from pipeline.config import FacesConfig, RunConfig
-from pipeline.detect import Detector, FaceStatus, make_detector
+from pipeline.faces.factory import make_detector
+from pipeline.faces.types import Detector, FaceStatus
 from pipeline.errors import StaleArtifact
 from stages.contract import Plan, UnitResult
 from stages.faces_frames import process_rows

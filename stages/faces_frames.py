@@ -12,10 +12,11 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from pipeline.align import AlignError, face_transform, warp
+from pipeline.faces.align import AlignError, face_transform, warp
 from pipeline.config import FacesConfig, TemporalRule
-from pipeline.detect import Detections, Detector, FaceStatus, choose_face, provided_detections
-from pipeline.persist import filter_stream
+from pipeline.faces.geometry import choose_face, provided_detections
+from pipeline.faces.types import Detections, Detector, FaceStatus
+from pipeline.faces.persist import filter_stream
 from pipeline.manifest import BOX_COLUMNS
 from pipeline.video import MediaError, iter_video, read_image
 

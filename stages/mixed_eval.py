@@ -18,8 +18,8 @@ import pandas as pd
 
 from pipeline.config import EvalConfig, RunConfig
 from pipeline.errors import MissingArtifact
-from pipeline.metrics import AVG, au_scores, mean_over_folds
-from pipeline.stats import bootstrap_f1_diff, subject_test
+from pipeline.evaluation.metrics import AVG, au_scores, mean_over_folds
+from pipeline.evaluation.stats import bootstrap_f1_diff, subject_test
 from stages.scoring import CI_LEVEL, arrays, metric_rows
 from store import mix, tables
 from store.catalog import Catalog

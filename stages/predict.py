@@ -16,11 +16,11 @@ from typing import Iterator
 
 from tqdm.auto import tqdm
 
-from pipeline.bundle import bundle_id, detector_config, read_spec
+from pipeline.predict.bundle import bundle_id, detector_config, read_spec
 from pipeline.config import FacesMode, PredictConfig, TemporalMode
-from pipeline.detect import make_detector
+from pipeline.faces.factory import make_detector
 from pipeline.errors import MissingInput
-from pipeline.predictor import Engine, predict_stream
+from pipeline.predict.predictor import Engine, predict_stream
 from pipeline.video import frame_count, iter_video, read_image, video_fps
 from stages import predict_outputs as outputs
 from store.provenance import RANDOM_WEIGHTS_BANNER, write_json

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.predictor import Row
+from pipeline.predict.predictor import Row
 from pipeline.video import write_video
 from store.provenance import RANDOM_WEIGHTS_BANNER, atomic_path
 

@@ -13,8 +13,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.config import EvalConfig, Variant
-from pipeline.metrics import AVG, au_scores, cooccurrence_faithfulness, mean_over_folds
-from pipeline.stats import PairedUnit, bootstrap_f1_diff, frame_test, subject_test
+from pipeline.evaluation.metrics import AVG, au_scores, cooccurrence_faithfulness, mean_over_folds
+from pipeline.evaluation.stats import PairedUnit, bootstrap_f1_diff, frame_test, subject_test
 
 BASELINE = Variant.AU_FAN  # every other variant is tested against it (paper's Table XII)
 ALL_POSITIVE = "all_positive"  # the trivial baseline in the metrics table: every AU present

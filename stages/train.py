@@ -1,7 +1,7 @@
 """Stage 4: train the AU heads on cached features (unit = (variant, fold)).
 
 Training frames of fold k: rows whose fold is not k (fold-0 rows included), with features
-(valid) and at least one known label. The loop is `pipeline.training.fit`. A checkpoint is
+(valid) and at least one known label. The loop is `pipeline.learning.training.fit`. A checkpoint is
 written after every epoch (only the newest is kept); a killed run resumes from it when it was
 made with the same key; `final.pt` marks the end, with provenance, and makes later runs skip the
 unit while it stays current (`store.models`). No model selection is done: the fixed schedule's
@@ -23,8 +23,8 @@ from pipeline.labels import class_weights
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.models.heads import build_head, load_body
 from pipeline.models.vae import FrozenEncoder, load_prior
-from pipeline.temporal import triplet_rows
-from pipeline.training import fit
+from pipeline.learning.temporal import triplet_rows
+from pipeline.learning.training import fit
 from stages.contract import Plan, UnitResult
 from store import manifests, mix
 from store.catalog import Catalog

@@ -13,14 +13,16 @@ Content keys (what an artifact was actually computed from) are separate: see the
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.config import FacesConfig, RunConfig, Variant, load_config
-from pipeline.detect import resolve_weights
+from pipeline.aus import union_of
+from pipeline.config import FacesConfig, Layout, RunConfig, Variant, load_config, member_configs
+from pipeline.errors import ConfigError
+from pipeline.faces.types import DetectorError
+from pipeline.faces.weights import identity_files
 from pipeline.hashing import hash_files
 from pipeline.models.fan import weights_identity
 from store.provenance import fingerprint
@@ -33,14 +35,19 @@ def _without_paths(section: dict) -> dict:
     return {k: v for k, v in section.items() if k not in PATH_KEYS}
 
 
-@lru_cache(maxsize=8)
 def detector_files(faces: FacesConfig) -> dict[str, str]:
-    """role -> SHA-256 of the detector's weight files ({} for provided landmarks)."""
+    """role -> SHA-256 of each local detector file, or the address of one face-alignment
+    downloads ({} for provided landmarks). Never downloads: an identity needs no network.
+    Hashes are remembered per file version (`pipeline.hashing`), so a replaced file is seen."""
     if faces.detector.value == "provided":
         return {}
-    files = resolve_weights(faces)
-    digests = hash_files(files.values())
-    return {role: digests[str(p)] for role, p in files.items()}
+    files = identity_files(faces)
+    local = [p for p in files.values() if isinstance(p, Path)]
+    digests = hash_files(local, missing_ok=True) if local else {}
+    for role, p in files.items():
+        if isinstance(p, Path) and digests[str(p)] is None:
+            raise DetectorError(f"faces.detector_{role}: file not found: {p}")
+    return {role: digests[str(p)] if isinstance(p, Path) else f"url:{p}" for role, p in files.items()}
 
 
 def faces_identity(cfg: RunConfig) -> dict:
@@ -77,6 +84,34 @@ def init_source(cfg: RunConfig) -> RunConfig | None:
     return load_config(cfg.train.init_from) if cfg.train.init_from else None
 
 
+def members(cfg: RunConfig) -> list[RunConfig]:
+    """The member configs, checked to fit the mix: single datasets, the same faces and features
+    settings as the mix (their stores are read as they are), the mix's AU set their union."""
+    out = member_configs(cfg)
+    names = [m.dataset.name for m in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"dataset.members: two members are named alike ({names})")
+    for m in out:
+        if m.dataset.layout is Layout.MIX:
+            raise ConfigError(f"dataset.members: {m.dataset.name} is itself a mix; list its members")
+        for section, ident in (("faces", faces_identity), ("features", features_identity)):
+            if ident(m) != ident(cfg):
+                raise ConfigError(f"member {m.dataset.name}: its {section} settings differ from the "
+                                  f"mix's; a mixed run reads the members' stores as they are, so "
+                                  f"give the mix the same {section} section")
+    try:
+        union = union_of([m.dataset.au_set for m in out])
+    except ValueError as e:
+        raise ConfigError(f"dataset.members: {e}") from None
+    if cfg.dataset.au_set is not union:
+        raise ConfigError(f"dataset.au_set: the members' AUs make '{union.value}'; set it so")
+    weights = cfg.dataset.member_weights
+    if weights and set(weights) != set(names):
+        raise ConfigError(f"dataset.member_weights must give every member a weight ({names}); it "
+                          f"names {sorted(weights)}")
+    return out
+
+
 def head_identity(cfg: RunConfig, variant: Variant) -> dict:
     """Every setting a head depends on: train parameters, AU set, features, prior, init source."""
     variant = Variant(variant)
@@ -87,8 +122,6 @@ def head_identity(cfg: RunConfig, variant: Variant) -> dict:
     if variant.uses_prior:
         out["prior"] = prior_id(cfg)
     if cfg.dataset.layout.value == "mix":  # which datasets it is trained on, in which shares
-        from store.mix import members
-
         out["mix"] = {"members": [m.dataset.name for m in members(cfg)],
                       "weights": dict(sorted(cfg.dataset.member_weights.items()))}
     src = init_source(cfg)

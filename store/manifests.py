@@ -20,14 +20,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import RunConfig
+from pipeline.config import Layout, RunConfig
 from pipeline.errors import MissingArtifact, StaleArtifact
 from pipeline.folds import ALL_SUBJECTS, training_rows
 from pipeline.hashing import hash_files
 from pipeline.manifest import au_set_of
 from store.catalog import Catalog
 from store.codekey import code_key
-from store.identity import frame_key, relative
+from store.identity import frame_key, members, relative
 from store.provenance import artifact_key, read_provenance, trusted
 
 STAGE = "manifest"
@@ -52,10 +52,9 @@ def label_files(cfg: RunConfig) -> dict[str, str]:
 
 def inputs(cfg: RunConfig) -> dict:
     """What the manifest is read from: the label files, or a mix's member manifests."""
-    from store import mix
-
-    if mix.is_mix(cfg):
-        return {"members": mix.member_records(cfg)}
+    if cfg.dataset.layout is Layout.MIX:  # {member: its manifest's key}, each checked current
+        return {"members": {m.dataset.name: checked(m, Catalog(m.store))["key"]
+                            for m in members(cfg)}}
     return {"label_files": label_files(cfg)}
 
 

@@ -9,70 +9,23 @@ rows), the member's folds (fold k of the mix = fold k of every member), and `mem
 """
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.aus import union_of
-from pipeline.config import Layout, RunConfig, load_config
+from pipeline.config import Layout, RunConfig
 from pipeline.errors import ConfigError
 from pipeline.manifest import ManifestReport, finalize
 from store import manifests
 from store.catalog import Catalog
-from store.identity import faces_identity, features_identity
+from store.identity import members  # noqa: F401 (the validated member configs, used as mix.members)
 
 MEMBER, MEMBER_ROW = "member", "member_row"
 
 
 def is_mix(cfg: RunConfig) -> bool:
     return cfg.dataset.layout is Layout.MIX
-
-
-def _load(path: str) -> RunConfig:
-    """The member config at `path`, parsed once per version of the file (a long-lived Dask
-    worker serving several runs sees an edited member config)."""
-    try:
-        st = Path(path).stat()
-        stamp = (st.st_mtime_ns, st.st_size)
-    except OSError:  # load_config says what is wrong with the path
-        stamp = None
-    return _load_version(path, stamp)
-
-
-@lru_cache(maxsize=16)
-def _load_version(path: str, stamp: tuple | None) -> RunConfig:
-    return load_config(path)
-
-
-def members(cfg: RunConfig) -> list[RunConfig]:
-    """The member configs, checked to fit the mix: single datasets, the same faces and features
-    settings as the mix (their stores are read as they are), the mix's AU set their union."""
-    out = [_load(str(p)) for p in cfg.dataset.members]
-    names = [m.dataset.name for m in out]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"dataset.members: two members are named alike ({names})")
-    for m in out:
-        if is_mix(m):
-            raise ConfigError(f"dataset.members: {m.dataset.name} is itself a mix; list its members")
-        for section, ident in (("faces", faces_identity), ("features", features_identity)):
-            if ident(m) != ident(cfg):
-                raise ConfigError(f"member {m.dataset.name}: its {section} settings differ from the "
-                                  f"mix's; a mixed run reads the members' stores as they are, so "
-                                  f"give the mix the same {section} section")
-    try:
-        union = union_of([m.dataset.au_set for m in out])
-    except ValueError as e:
-        raise ConfigError(f"dataset.members: {e}") from None
-    if cfg.dataset.au_set is not union:
-        raise ConfigError(f"dataset.au_set: the members' AUs make '{union.value}'; set it so")
-    weights = cfg.dataset.member_weights
-    if weights and set(weights) != set(names):
-        raise ConfigError(f"dataset.member_weights must give every member a weight ({names}); it "
-                          f"names {sorted(weights)}")
-    return out
 
 
 def sampling(cfg: RunConfig, member_of_rows: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -84,11 +37,6 @@ def sampling(cfg: RunConfig, member_of_rows: np.ndarray) -> tuple[np.ndarray | N
     index = {n: i for i, n in enumerate(names)}
     groups = np.array([index[m] for m in member_of_rows], np.int64)
     return groups, np.array([cfg.dataset.member_weights[n] for n in names], np.float64)
-
-
-def member_records(cfg: RunConfig) -> dict[str, str]:
-    """{member: its manifest's key}, each checked current (the mixed manifest's inputs)."""
-    return {m.dataset.name: manifests.checked(m, Catalog(m.store))["key"] for m in members(cfg)}
 
 
 def build_manifest(cfg: RunConfig) -> pa.Table:

@@ -5,12 +5,12 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.align import (TEMPLATE_UNITS, AlignError, box_transform, face_transform,
+from pipeline.faces.align import (TEMPLATE_UNITS, AlignError, box_transform, face_transform,
                             similarity, template, transform_points, warp)
-from pipeline.blazeface import square_tiles
+from pipeline.faces.blazeface import square_tiles
 from pipeline.config import FaceRule
-from pipeline.detect import (Detections, FaceStatus, choose_face, keypoints_from_landmarks,
-                             mouth_corners, nms, plausible, provided_detections)
+from pipeline.faces.geometry import choose_face, keypoints_from_landmarks, mouth_corners, nms, plausible, provided_detections
+from pipeline.faces.types import Detections, FaceStatus
 
 
 def _rot(deg: float, scale: float, t: tuple[float, float]) -> np.ndarray:

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.blazeface import MAX_FACE_PER_TILE, _keep_in_tile, pyramid_tiles
+from pipeline.faces.blazeface import MAX_FACE_PER_TILE, _keep_in_tile, pyramid_tiles
 from pipeline.config import DetectorKind, FacesConfig
-from pipeline.detect import (DEFAULT_MIN_SCORE, Detections, Detector, DetectorError, make_detector,
-                             min_score, resolve_weights)
-from pipeline.detect_eval import (detect_all, face_photo, found_face,
+from pipeline.faces.factory import DEFAULT_MIN_SCORE, make_detector, min_score
+from pipeline.faces.types import Detections, Detector, DetectorError
+from pipeline.faces.weights import resolve_weights
+from benchmarks.detect_eval import (detect_all, face_photo, found_face,
                                   persist_blocks, place_face, video_truth)
-from pipeline.persist import filter_stream, persistent
-from pipeline.retinaface import MIN_SIZES, STEPS, RetinaFaceNet, decode, load_net, priors
+from pipeline.faces.persist import filter_stream, persistent
+from pipeline.faces.retinaface import MIN_SIZES, STEPS, RetinaFaceNet, decode, load_net, priors
 from pipeline.video import iter_video, read_image
 from stages.faces_frames import process_rows
 

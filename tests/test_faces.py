@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 import zarr
 
-from pipeline.align import keypoint_transform, similarity, transform_points, warp
+from pipeline.faces.align import keypoint_transform, similarity, transform_points, warp
 from pipeline.config import FaceRule, FacesConfig, RunConfig, load_config
-from pipeline.detect import (Detections, Detector, FaceStatus, keypoints_from_landmarks,
-                             make_detector)
+from pipeline.faces.factory import make_detector
+from pipeline.faces.geometry import keypoints_from_landmarks
+from pipeline.faces.types import Detections, Detector, FaceStatus
 from pipeline.video import iter_video, read_image
 from stages import faces, runner
 from store import manifests

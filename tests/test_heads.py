@@ -8,8 +8,8 @@ from sklearn.metrics import f1_score
 
 from pipeline.config import TrainConfig, Variant
 from pipeline.models.heads import build_head, load_body, n_trainable
-from pipeline.inference import predict
-from pipeline.training import fit
+from pipeline.learning.inference import predict
+from pipeline.learning.training import fit
 
 C, S = 768, 16  # real channels, small maps: the heads are convolutional up to a global pool
 

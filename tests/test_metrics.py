@@ -4,7 +4,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 from pipeline.labels import correlation
-from pipeline.metrics import (AVG, au_scores, cooccurrence_faithfulness, dependency_edges,
+from pipeline.evaluation.metrics import (AVG, au_scores, cooccurrence_faithfulness, dependency_edges,
                               mean_over_folds)
 
 AUS = ["AU01", "AU02", "AU04"]

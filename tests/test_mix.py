@@ -15,7 +15,7 @@ from pipeline.aus import AUSet
 from pipeline.config import FacesConfig, load_config
 from pipeline.errors import ConfigError
 from pipeline.labels import class_weights
-from pipeline.losses import weighted_bce
+from pipeline.learning.losses import weighted_bce
 from pipeline.manifest import label_matrix
 from store import manifests, tables
 from store.catalog import Catalog
@@ -130,7 +130,7 @@ def test_mixed_head_and_prior_and_bundle_cover_the_15_aus(mixed, tmp_path):
     from stages.bundles import export
 
     bundle = export(cfg, cat, "aunet", 1, tmp_path / "b", detector=FacesConfig(detector_weights=BLAZE))
-    from pipeline.bundle import read_spec
+    from pipeline.predict.bundle import read_spec
 
     assert read_spec(bundle).aus == UNION
 

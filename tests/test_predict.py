@@ -14,10 +14,10 @@ import torch
 
 from conftest import SHARED, run_stages, write_mini_dataset
 from flows.cli import main
-from pipeline.align import face_transform, warp
-from pipeline.bundle import BundleError, detector_config, load_backbone_of, load_head_of, read_spec
+from pipeline.faces.align import face_transform, warp
+from pipeline.predict.bundle import BundleError, detector_config, load_backbone_of, load_head_of, read_spec
 from pipeline.config import FacesConfig, load_config
-from pipeline.detect import make_detector
+from pipeline.faces.factory import make_detector
 from pipeline.video import frame_count, iter_video, read_image, video_fps
 from stages.bundles import export
 from store.catalog import Catalog
@@ -194,7 +194,7 @@ def reference_clone(tmp_path_factory):
 
 def test_import_reference_then_predict_matches_the_independent_forward(reference_clone, capsys,
                                                                        tmp_path):
-    from pipeline.align import reference_centre_transform
+    from pipeline.faces.align import reference_centre_transform
     from pipeline.models.fan import FrozenFAN
     from test_reference_import import reference_forward
 

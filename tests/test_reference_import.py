@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.align import (AlignError, neighbour_transform, reference_centre_transform,
+from pipeline.faces.align import (AlignError, neighbour_transform, reference_centre_transform,
                             transform_points, warp)
 from pipeline.models import reference
 from pipeline.models.heads import StaticHead, TDNHead, n_trainable

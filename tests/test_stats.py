@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.stats import (PairedUnit, bootstrap_f1_diff, frame_scores, frame_test,
+from pipeline.evaluation.stats import (PairedUnit, bootstrap_f1_diff, frame_scores, frame_test,
                             subject_f1, subject_test)
 
 
@@ -70,7 +70,7 @@ def test_shape_mismatch_refused():
 
 
 def test_bootstrap_point_estimate_is_the_avg_f1_difference():
-    from pipeline.metrics import AVG, au_scores
+    from pipeline.evaluation.metrics import AVG, au_scores
 
     a, b, y, subj = _pair(2)
     res = bootstrap_f1_diff(a, b, y, subj, n_boot=20, seed=0)

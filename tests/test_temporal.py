@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.temporal import triplet_rows
+from pipeline.learning.temporal import triplet_rows
 
 
 def _manifest(videos: dict[str, list[int]]) -> pd.DataFrame:

@@ -15,11 +15,11 @@ import stages.train as train_stage
 from conftest import run_stages
 from flows.cli import main
 from pipeline.aus import AUSet
-from pipeline.batches import (BackgroundLoader, batch_buffer, chunk_local_batches, gather_shifted,
+from pipeline.learning.batches import (BackgroundLoader, batch_buffer, chunk_local_batches, gather_shifted,
                               unique_rows)
 from pipeline.config import Variant
 from pipeline.errors import ConfigError, MissingArtifact, StaleArtifact
-from pipeline.inference import predict
+from pipeline.learning.inference import predict
 from stages import runner
 from store.catalog import Catalog
 from store.features import checked as checked_features

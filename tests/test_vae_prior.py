@@ -11,13 +11,13 @@ import torch
 from pipeline.aus import AUSet
 from pipeline.config import ConsistencyForm, DatasetConfig, Layout, PriorConfig, RunConfig, TrainConfig, Variant
 from pipeline.labels import cooccurrence
-from pipeline.losses import consistency_loss, kl_normal, weighted_bce
+from pipeline.learning.losses import consistency_loss, kl_normal, weighted_bce
 from pipeline.manifest import ManifestReport, finalize
 from pipeline.models.heads import build_head
 from pipeline.models.vae import FrozenEncoder, LabelVAE, fit_vae, load_prior, prior_metrics
 from stages import prior as prior_stage
 from stages import runner
-from pipeline.training import fit
+from pipeline.learning.training import fit
 from store.catalog import Catalog
 from store.provenance import read_provenance
 

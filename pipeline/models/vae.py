@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.losses import kl_normal, vae_loss
+from pipeline.learning.losses import kl_normal, vae_loss
 
 
 def with_mask(y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -14,7 +14,7 @@ from enum import Enum
 import numpy as np
 from scipy import stats
 
-from pipeline.metrics import counts, scores_from_counts
+from pipeline.evaluation.metrics import counts, scores_from_counts
 
 
 class PairedUnit(str, Enum):

@@ -10,32 +10,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.detect import Detections
+from pipeline.faces.geometry import big_enough, iou_matrix, largest_of
+from pipeline.faces.types import Detections
 
 MIN_IOU = 0.3  # overlap that links a detection to a track
 MAX_GAP = 10  # frames a track may go unseen and keep its id
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) IoU of boxes x0, y0, x1, y1."""
-    a, b = np.asarray(a, np.float64)[:, None], np.asarray(b, np.float64)[None]
-    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = w * h
-    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
-
-
 def largest(dets: Detections, min_face_px: float) -> list[int]:
     """Index of the largest face (ties: highest score) at least `min_face_px` tall, or none."""
-    if len(dets) == 0:
-        return []
-    wh = dets.boxes[:, 2:] - dets.boxes[:, :2]
-    ok = np.flatnonzero(wh.max(1) >= min_face_px)
-    if ok.size == 0:
-        return []
-    best = np.lexsort((-dets.scores[ok], -wh[ok].prod(1)))[0]
-    return [int(ok[best])]
+    ok = big_enough(dets, min_face_px)
+    return [largest_of(dets, ok)] if ok.size else []
 
 
 @dataclass
@@ -53,12 +38,11 @@ class IouTracker:
 
     def update(self, frame: int, dets: Detections) -> list[tuple[int, int]]:
         """(face id, detection index) for the faces of this frame, in id order."""
-        keep = [k for k in range(len(dets))
-                if (dets.boxes[k, 2:] - dets.boxes[k, :2]).max() >= self.min_face_px]
+        keep = [int(k) for k in big_enough(dets, self.min_face_px)]
         self.tracks = [t for t in self.tracks if frame - t.last <= self.max_gap]
         pairs: list[tuple[int, int]] = []
         if keep and self.tracks:
-            m = iou(np.stack([t.box for t in self.tracks]), dets.boxes[keep])  # (T, K)
+            m = iou_matrix(np.stack([t.box for t in self.tracks]), dets.boxes[keep])  # (T, K)
             while m.size and m.max() >= self.min_iou:
                 ti, ki = np.unravel_index(int(m.argmax()), m.shape)
                 pairs.append((ti, keep[ki]))

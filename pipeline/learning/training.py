@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.batches import (BackgroundLoader, batch_buffer, chunk_local_batches, epoch_samples,
+from pipeline.learning.batches import (BackgroundLoader, batch_buffer, chunk_local_batches, epoch_samples,
                               gather_shifted, read_unique)
 from pipeline.config import TrainConfig
-from pipeline.losses import consistency_loss, weighted_bce
+from pipeline.learning.losses import consistency_loss, weighted_bce
 
 LOADER_DEPTH = 3  # batches read ahead by the background thread
 
@@ -29,7 +29,7 @@ def fit(model, store, frames: np.ndarray, y: np.ndarray, weights: torch.Tensor, 
     Epoch e draws its batch order and shifts from a generator seeded by (seed_key, e), so a run
     resumed after epoch e continues exactly as the uninterrupted run would have. `groups` (n,)
     and `group_shares` (G,): the share of each group (a mixed run's datasets) in every epoch's
-    samples (pipeline.batches.epoch_samples); without them every sample is used once per epoch.
+    samples (pipeline.learning.batches.epoch_samples); without them every sample is used once per epoch.
     """
     model.to(memory_format=torch.channels_last)  # the batches are channels last: 36% faster here
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)

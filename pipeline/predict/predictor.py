@@ -22,12 +22,12 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from pipeline.align import (AlignError, face_transform, neighbour_transform,
+from pipeline.faces.align import (AlignError, face_transform, neighbour_transform,
                             reference_centre_transform, transform_points, warp)
-from pipeline.bundle import BundleSpec, load_backbone_of, load_head_of
+from pipeline.predict.bundle import BundleSpec, load_backbone_of, load_head_of
 from pipeline.config import CropMode, TemporalMode
-from pipeline.detect import Detections, Detector
-from pipeline.tracking import IouTracker, largest
+from pipeline.faces.types import Detections, Detector
+from pipeline.faces.tracking import IouTracker, largest
 
 DETECT_BATCH = 16  # frames per detector call
 PIXEL_SCALE = 255.0

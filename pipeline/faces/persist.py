@@ -14,20 +14,11 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 
 import numpy as np
 
-from pipeline.detect import Detections
+from pipeline.faces.geometry import iou_matrix
+from pipeline.faces.types import Detections
 
 PERSIST_IOU = 0.3  # boxes of one face on neighbouring rows overlap at least this much
 T = TypeVar("T")
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(m, n) IoU of boxes a (m, 4) and b (n, 4), x0 y0 x1 y1."""
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)[:, None]
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)[None, :]
-    return inter / np.maximum(area_a + area_b - inter, 1e-9)
 
 
 def _run(boxes: np.ndarray, side: Sequence[Optional[Detections]]) -> np.ndarray:

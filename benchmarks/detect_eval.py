@@ -14,8 +14,8 @@ from typing import Iterator, Optional, Sequence
 import cv2
 import numpy as np
 
-from pipeline.detect import Detections, Detector
-from pipeline.persist import iou_matrix, persistent
+from pipeline.faces.types import Detections, Detector
+from pipeline.faces.persist import iou_matrix, persistent
 from pipeline.video import iter_video, read_image
 
 ROOT = Path(__file__).resolve().parents[1]

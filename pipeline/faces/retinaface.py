@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.detect import Detections, Detector, DetectorError, nms, plausible
+from pipeline.faces.geometry import nms, plausible
+from pipeline.faces.types import Detections, Detector, DetectorError
 from pipeline.config import FacesConfig
 
 MEAN_BGR = (104.0, 117.0, 123.0)  # the release's training mean, subtracted from BGR pixels

@@ -14,13 +14,15 @@ were at 4-6% of the short side. Level-0 faces are not re-checked (faces.min_scor
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from pipeline.config import DetectorKind, FacesConfig, TilePyramid
-from pipeline.detect import (NMS_IOU, Detections, Detector, DetectorError, mouth_corners, nms,
-                             plausible, resolve_weights, verifier_kind)
+from pipeline.faces.geometry import NMS_IOU, iou_matrix, mouth_corners, nms, plausible
+from pipeline.faces.types import Detections, Detector, DetectorError
+from pipeline.faces.weights import verifier_kind
 
 # A finer tile keeps faces up to this fraction of its side: anything bigger fits wholly in a
 # tile of the level above (twice the side, half overlap), which sees it at a better scale.
@@ -151,13 +153,6 @@ def _to_source(p: np.ndarray, x0: float, y0: float, side: float) -> np.ndarray:
     return np.concatenate([boxes, kp5, p[:, 16:17]], axis=1)
 
 
-def _iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
-    lo, hi = np.maximum(boxes[:, :2], box[:2]), np.minimum(boxes[:, 2:], box[2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
-    area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1) + np.prod(box[2:] - box[:2])
-    return inter / np.maximum(area - inter, 1e-9)
-
-
 class BlazeFace(Detector):
     """BlazeFace front (128 px input) or back camera model (256 px), face-alignment's network.
 
@@ -166,9 +161,9 @@ class BlazeFace(Detector):
     mouth corners estimated from the mouth centre (`mouth_corners`). Ears are dropped.
     """
 
-    def __init__(self, cfg: FacesConfig, min_score: float):
+    def __init__(self, cfg: FacesConfig, files: dict[str, Path], min_score: float):
         self.kind = cfg.detector
-        self.files = resolve_weights(cfg)
+        self.files = files
         self.min_score = min_score
         self.floor = min(min_score, CANDIDATE_FLOOR)
         self.net = _Net(cfg.detector, self.files["weights"], self.files["anchors"])
@@ -230,7 +225,7 @@ class BlazeFace(Detector):
             for k, (sq, p) in enumerate(zip(squares, net.run([img], squares, CONFIRM_FLOOR))):
                 if len(p):
                     again = _to_source(p, *sq[1:])
-                    hit = _iou(again[:, :4], rows[k, :4]) >= CONFIRM_IOU
+                    hit = iou_matrix(again[:, :4], rows[k:k + 1, :4])[:, 0] >= CONFIRM_IOU
                     out[k, m] = again[hit, 14].max(initial=0.0)
         return out
 

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.batches import batch_buffer, gather_shifted, read_unique
+from pipeline.learning.batches import batch_buffer, gather_shifted, read_unique
 
 
 def predict(model: nn.Module, store, rows: np.ndarray, triplets: np.ndarray | None = None,

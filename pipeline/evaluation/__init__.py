@@ -1,0 +1,1 @@
+"""Scores: per-AU detection metrics, co-occurrence faithfulness, paired significance tests."""

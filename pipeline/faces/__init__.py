@@ -1,0 +1,1 @@
+"""Faces: one detector interface and its implementations, alignment, tracking, persistence."""

@@ -1,0 +1,1 @@
+"""Learning on cached features: losses, batches, the training loop, batched inference."""

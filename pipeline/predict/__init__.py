@@ -1,0 +1,1 @@
+"""Prediction on users' media: portable model bundles and the frame-stream predictor."""
