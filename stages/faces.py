@@ -86,7 +86,7 @@ def expected_keys(cfg: RunConfig, catalog: Catalog) -> list[str]:
     """The block keys this config and the data as they are now give (read-only)."""
     manifests.checked(cfg, catalog)
     rows = manifest_rows(catalog.manifest(cfg.dataset.name))
-    return crop_store.block_keys(cfg, rows, code_key(crop_store.CODE_ENTRY))
+    return crop_store.block_keys(cfg, rows, code_key(*crop_store.CODE_ENTRY))
 
 
 def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) -> Plan:
@@ -152,7 +152,7 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
     if complete:
         rec = record(stage=STAGE, name=catalog.rel(path), identity=faces_identity(cfg),
                      inputs={"blocks": crop_store.store_key(keys)},
-                     code=code_key(crop_store.CODE_ENTRY))
+                     code=code_key(*crop_store.CODE_ENTRY))
         rec["key"] = crop_store.store_key(keys)  # consumers check this against the config's keys
     crop_store.finalize(path, rec)
     store = crop_store.CropStore(path)

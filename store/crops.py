@@ -38,7 +38,9 @@ from store.provenance import atomic_dir, fingerprint
 
 N_KP = 5
 KEY_NONE = 0  # chunk_key of a block never written
-CODE_ENTRY = "stages.faces_frames"  # the per-frame work: its code key is part of every block key
+# The per-frame work (reading, detecting, choosing, aligning) and the detectors it is given:
+# their code key is part of every block key.
+CODE_ENTRY = ("stages.faces_frames", "pipeline.faces.factory:make_detector")
 ROW_COLUMNS = ["row", "video_id", "frame", "image_path", "video_path", "video_frame",
                "box_x0", "box_y0", "box_x1", "box_y1", "landmarks"]
 # Layouts whose image folders hold the frames of one video: the face is tracked through them.
@@ -117,7 +119,7 @@ def expected_keys(cfg: RunConfig, catalog: Catalog) -> list[str]:
     must be current)."""
     manifests.checked(cfg, catalog)
     rows = manifests.rows(catalog, cfg.dataset.name, ROW_COLUMNS)
-    return block_keys(cfg, rows, code_key(CODE_ENTRY))
+    return block_keys(cfg, rows, code_key(*CODE_ENTRY))
 
 
 # -- writing ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Integrity across stages: code keys, store-relative identity, umask, locks between readers
+"""Integrity across stages: store-relative identity, umask, locks between readers
 and writers, trusted checkpoints, the CLI's one-line errors and exit codes."""
 from __future__ import annotations
 
@@ -14,33 +14,10 @@ from flows.cli import main
 from pipeline.config import Variant, load_config
 from pipeline.errors import StaleArtifact, StoreLocked
 from stages import runner
-from store import codekey
 from store.catalog import Catalog
 from store.provenance import read_provenance, write_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def test_code_key_changes_with_every_module_a_stage_imports(monkeypatch):
-    # what reviews found missing from the old hand-kept lists
-    assert {"pipeline.labels", "pipeline.models.heads"} <= set(codekey.module_closure("stages.train"))
-    assert "pipeline.folds" in codekey.module_closure("stages.prior")
-    assert "pipeline.models.heads" in codekey.module_closure("stages.evaluate")
-    entry = "stages.train"
-    closure = codekey.module_closure(entry)
-    base = codekey.code_key(entry)
-    real = codekey.read_source
-    for name in closure:
-        path = codekey._origin(name)
-        monkeypatch.setattr(codekey, "read_source",
-                            lambda p, _t=path: real(p) + ("\nx_changed = 1\n" if p == _t else ""))
-        codekey.clear_cache()
-        assert codekey.code_key(entry) != base, f"a change to {name} left the key unchanged"
-    monkeypatch.setattr(codekey, "read_source", lambda p: real(p) + "\n# a comment\n")
-    codekey.clear_cache()
-    assert codekey.code_key(entry) == base  # comments and docstrings are not code
-    monkeypatch.undo()
-    codekey.clear_cache()
 
 
 def test_moved_store_keeps_every_artifact_current(mini, tmp_path):
