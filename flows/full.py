@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed
 
 from flows.params import FullParams
-from flows.stage_flows import DASK_STAGES, failure, run_stage, prepare_workers
+from flows.stage_flows import DASK_STAGES, cluster_kwargs, failure, prepare_workers, run_stage
 from pipeline.config import RunConfig, load_config
 from pipeline.errors import UserError
 from store.catalog import Catalog
@@ -25,8 +25,7 @@ def cluster(cfg: RunConfig, stages: list[str]) -> Iterator[str | None]:
     from distributed import LocalCluster
 
     prepare_workers()  # before the workers start: they inherit it
-    with LocalCluster(n_workers=cfg.dask.n_workers, threads_per_worker=cfg.dask.threads_per_worker,
-                      processes=True, dashboard_address=cfg.dask.dashboard_address) as lc:
+    with LocalCluster(**cluster_kwargs(cfg.dask)) as lc:
         yield lc.scheduler_address
 
 

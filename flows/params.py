@@ -2,15 +2,13 @@
 deployment parameters against these before a run starts)."""
 from __future__ import annotations
 
-from enum import Enum
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import Variant
+from store.catalog import Stage
 
-STAGE_ORDER = ("manifest", "faces", "features", "prior", "train", "evaluate", "report")
-StageName = Enum("StageName", {s.upper(): s for s in STAGE_ORDER}, type=str)
 
 
 class StageParams(BaseModel):
@@ -38,8 +36,8 @@ class TrainParams(StageParams):
 class FullParams(TrainParams):
     """The full run; `stages` limits it to a sub-sequence (in pipeline order)."""
 
-    stages: list[StageName] = Field(default_factory=lambda: list(StageName))
+    stages: list[Stage] = Field(default_factory=lambda: list(Stage))
 
     def stage_names(self) -> list[str]:
         chosen = {s.value for s in self.stages}
-        return [s for s in STAGE_ORDER if s in chosen]
+        return [s.value for s in Stage if s.value in chosen]

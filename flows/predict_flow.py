@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.stage_flows import prepare_workers
+from flows.stage_flows import dask_task_runner
 from pipeline.config import (DaskConfig, FacesMode, OutputFormat, PredictConfig, TemporalMode)
 from pipeline.errors import UserError
 from stages import predict, runner
@@ -53,8 +53,6 @@ def _inputs_flow(cfg: PredictConfig, units: list) -> list[UnitResult]:
 
 @flow(name="aunet-predict", log_prints=True)
 def predict_flow(params: PredictParams):
-    from prefect_dask import DaskTaskRunner
-
     try:
         cfg = params.config()
         todo = [u for u in predict.units(cfg) if not (cfg.skip_existing and predict.up_to_date(cfg, u))]
@@ -62,11 +60,7 @@ def predict_flow(params: PredictParams):
             predict.engine(cfg)  # a bad bundle fails once, before any input
     except UserError as e:
         return Failed(message=f"predict: {e}")
-    prepare_workers()
-    dask = (DaskTaskRunner(address=cfg.dask.address) if cfg.dask.address else
-            DaskTaskRunner(cluster_kwargs={"n_workers": cfg.dask.n_workers, "threads_per_worker": 1,
-                                           "processes": True,
-                                           "dashboard_address": cfg.dask.dashboard_address}))
+    dask = dask_task_runner(cfg.dask)
     results = _inputs_flow.with_options(task_runner=dask)(cfg, todo) if todo else []
     failed = [r.error for r in results if not r.ok]
     summary = {"results": [r.data | {"input": u.source, "ok": r.ok} for r, u in zip(results, todo)],

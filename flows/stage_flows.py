@@ -17,15 +17,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from flows.params import StageParams, TrainParams
-from flows.tasks import finish_task, plan_task, unit_task
-from pipeline.config import RunConfig, load_config
+from flows.tasks import finish_task, plan_task, unit_result, unit_task
+from pipeline.config import DaskConfig, RunConfig, load_config
 from pipeline.errors import UserError
 from stages import runner
-from store.catalog import Catalog
+from store.catalog import Catalog, Stage
 from store.provenance import RANDOM_WEIGHTS_BANNER
 
 # Stages with many independent units fan out over Dask; the others run in the flow's process.
-DASK_STAGES = {"faces", "features", "prior", "train", "evaluate"}
+DASK_STAGES = frozenset(Stage) - {Stage.MANIFEST, Stage.REPORT}
 
 
 # What Dask's nanny would export to its workers (distributed.nanny.pre-spawn-environ), unset:
@@ -54,6 +54,9 @@ def prepare_workers() -> None:
     dask.config.set(WORKER_ENVIRON)
     if os.environ.get("PREFECT_API_URL"):
         return
+    # Prefect has no public call that starts (or finds) the ephemeral API server and gives its
+    # URL; SubprocessASGIServer is the process-wide singleton Prefect's own client starts when
+    # PREFECT_API_URL is unset, so this reuses that one server rather than starting another.
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
@@ -61,17 +64,26 @@ def prepare_workers() -> None:
         os.environ["PREFECT_API_URL"] = server.api_url
 
 
+def cluster_kwargs(dask: DaskConfig) -> dict:
+    """The local Dask cluster of a run (distributed.LocalCluster's arguments): one place."""
+    return {"n_workers": dask.n_workers, "threads_per_worker": dask.threads_per_worker,
+            "processes": True, "dashboard_address": dask.dashboard_address}
+
+
+def dask_task_runner(dask: DaskConfig, address: str | None = None) -> DaskTaskRunner:
+    """The one way a flow gets its Dask task runner: the scheduler at `address` (or
+    `dask.address`), else a local cluster of `cluster_kwargs` started for the flow."""
+    prepare_workers()
+    address = address or dask.address
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs=cluster_kwargs(dask))
+
+
 def task_runner(cfg: RunConfig, stage: str, address: str | None = None):
     if stage not in DASK_STAGES:
         return ThreadPoolTaskRunner(max_workers=1)
-    prepare_workers()
-    address = address or cfg.dask.address
-    if address:
-        return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.dask.n_workers,
-                                          "threads_per_worker": cfg.dask.threads_per_worker,
-                                          "processes": True,
-                                          "dashboard_address": cfg.dask.dashboard_address})
+    return dask_task_runner(cfg.dask, address)
 
 
 def _units_flow(stage: str) -> Callable:
@@ -84,7 +96,8 @@ def _units_flow(stage: str) -> Callable:
             get_run_logger().info("%s: every output is up to date (same inputs, parameters and "
                                   "code): skipped", stage)
         futures = unit_task.map(unmapped(stage), unmapped(cfg), planned.units) if planned.units else []
-        return finish_task(stage, cfg, planned, [f.result() for f in futures])
+        return finish_task(stage, cfg, planned,
+                           [unit_result(f, u) for f, u in zip(futures, planned.units)])
 
     return units
 
@@ -136,14 +149,6 @@ def _make(stage: str, params_model: type[StageParams]) -> Callable:
     return flow(name=f"aunet-{stage}", log_prints=True)(body)
 
 
-manifest_flow = _make("manifest", StageParams)
-faces_flow = _make("faces", StageParams)
-features_flow = _make("features", StageParams)
-prior_flow = _make("prior", StageParams)
-train_flow = _make("train", TrainParams)
-evaluate_flow = _make("evaluate", StageParams)
-report_flow = _make("report", StageParams)
-
-STAGE_FLOWS = {"manifest": manifest_flow, "faces": faces_flow, "features": features_flow,
-               "prior": prior_flow, "train": train_flow, "evaluate": evaluate_flow,
-               "report": report_flow}
+# One flow per stage; prefect.yaml's entrypoints name them `flows/stage_flows.py:{stage}_flow`.
+STAGE_FLOWS = {s.value: _make(s.value, TrainParams if s is Stage.TRAIN else StageParams) for s in Stage}
+globals().update({f"{name}_flow": f for name, f in STAGE_FLOWS.items()})

@@ -26,12 +26,6 @@ def au_column(number: int) -> str:
     return f"AU{number:02d}"
 
 
-def au_number(column: str) -> int:
-    if not (column.startswith("AU") and column[2:].isdigit()):
-        raise ValueError(f"not an AU column name: {column!r} (expected e.g. 'AU01')")
-    return int(column[2:])
-
-
 # Paper, Table I (muscle of AU25 copied as printed there).
 TABLE_I: tuple[ActionUnit, ...] = (
     ActionUnit(1, "Inner brow raiser", "1/2 scale above inner brow", "Frontalis", "21,22"),
@@ -54,9 +48,9 @@ TABLE_I: tuple[ActionUnit, ...] = (
     ActionUnit(26, "Jaw drop", "1/2 scale below lip.", "Mentalis", "1/2 scale below 56,58"),
 )
 REGISTRY: dict[int, ActionUnit] = {au.number: au for au in TABLE_I}
-
-# AUs outside Table I that datasets still annotate (ABAW's AU20, DISFA's extra files).
-EXTRA_NAMES: dict[int, str] = {5: "Upper lid raiser", 20: "Lip stretcher"}
+# An AU is present where its probability reaches this (the paper's protocol; eval.threshold and
+# a bundle's per-AU thresholds default to it).
+DECISION_THRESHOLD = 0.5
 
 
 class AUSet(str, Enum):
@@ -99,15 +93,3 @@ def union_of(sets) -> AUSet:
     extra = sorted(numbers - set(AU_SETS[AUSet.UNION15]))
     raise ValueError(f"the AU sets {[AUSet(s).value for s in sets]} cover AUs {extra} outside the "
                      f"built-in union ({AUSet.UNION15.value}: BP4D and DISFA's 15 AUs)")
-
-
-def au_name(number: int) -> str:
-    if number in REGISTRY:
-        return REGISTRY[number].name
-    return EXTRA_NAMES.get(number, f"AU{number}")
-
-
-def shared_aus(a: AUSet, b: AUSet) -> list[int]:
-    """AUs two sets have in common, in `a`'s order (cross-dataset evaluation)."""
-    other = set(b.numbers)
-    return [n for n in a.numbers if n in other]

@@ -5,7 +5,6 @@ the YAML are resolved against the YAML file's folder, so a config can travel wit
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from functools import lru_cache
 from enum import Enum
@@ -15,8 +14,9 @@ from typing import Any, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.aus import AUSet
+from pipeline.aus import DECISION_THRESHOLD, AUSet
 from pipeline.errors import ConfigError
+from pipeline.faces.align import BOX_MARGIN, CROP_SIZE, EYE_DISTANCE
 
 
 class Strict(BaseModel):
@@ -120,13 +120,13 @@ class FacesConfig(Strict):
     temporal: TemporalRule = TemporalRule.NONE
     persist_frames: int = Field(3, ge=2, le=30)  # temporal=persist: the shortest run kept
     rule: FaceRule = FaceRule.TRACK
-    size: int = 256
+    size: int = CROP_SIZE
     # Template eye distance as a fraction of the crop width; smaller = more margin around the face.
-    eye_distance: float = Field(0.30, gt=0.05, lt=0.8)
+    eye_distance: float = Field(EYE_DISTANCE, gt=0.05, lt=0.8)
     min_face_px: int = 24  # faces smaller than this (box side) are not kept
     # Box-only crops (SFD, manifest boxes without landmarks): a square around the box grown by
     # this fraction of its side on every edge.
-    box_margin: float = Field(0.25, ge=0, le=2)
+    box_margin: float = Field(BOX_MARGIN, ge=0, le=2)
     # Keypoint detectors: faces whose eye line is tilted more than this are dropped as false
     # positives (BlazeFace fires on clouds and lettering with |roll| > 60 deg); 180 = keep all.
     max_roll_deg: float = Field(45.0, gt=0, le=180)
@@ -217,7 +217,7 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
-    threshold: float = 0.5
+    threshold: float = DECISION_THRESHOLD
     bootstrap: int = 1000
     seed: int = 0
     cross_datasets: tuple[str, ...] = ()  # other datasets' names to score these models on
@@ -293,16 +293,6 @@ class RunConfig(Strict):
 
     def section(self, name: str) -> dict[str, Any]:
         return json.loads(getattr(self, name).model_dump_json())
-
-    def fingerprint(self, *sections: str) -> str:
-        """Stable hash of the named sections (all when none): part of artifact cache keys."""
-        names = sections or tuple(type(self).model_fields)
-        blob = json.dumps({n: json.loads(_dump(getattr(self, n))) for n in names}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _dump(value: Any) -> str:
-    return value.model_dump_json() if isinstance(value, BaseModel) else json.dumps(str(value))
 
 
 def _resolve_paths(data: Any, base: Path) -> Any:

@@ -54,3 +54,16 @@ def storage_message(e: BaseException) -> str | None:
     where = e.filename or "the store"
     return (f"{_STORAGE_ERRNOS[e.errno]} writing {where}; free space or fix permissions, then "
             "run the command again (finished work is kept)")
+
+
+# Errors worth retrying: the storage or network may answer next time (a flaky NFS or object
+# store mount, a dropped connection); a missing file, a full disk or permissions never will.
+_TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED,
+                     errno.ECONNREFUSED, errno.ESTALE, errno.EHOSTUNREACH, errno.ENETUNREACH}
+
+
+def is_transient(e: BaseException) -> bool:
+    """An I/O error that a retry may get past (see _TRANSIENT_ERRNOS)."""
+    if isinstance(e, (TimeoutError, ConnectionError, BlockingIOError, InterruptedError)):
+        return True
+    return isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pipeline.aus import au_column
+from pipeline.aus import DECISION_THRESHOLD, AUSet, au_column
 from pipeline.predict.bundle import (DETECTOR_DIR, FAN_FILE, HEAD_FILE, SPEC_FILE, BackboneSpec, BundleError,
                              BundleSpec, CropSpec, DetectorSpec, HeadLayout, read_spec)
 from pipeline.config import (Backbone, CropMode, DetectorKind, FacesConfig, RunConfig, TemporalMode,
@@ -27,13 +27,12 @@ from store.provenance import atomic_path, read_provenance, write_json
 
 # The reference release: its files, AU sets and published Avg F1 (its README and the paper).
 REFERENCE_HEADS = {
-    **{f"bp4d_split{k}": ((1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24), "BP4D", k, 65.0) for k in (1, 2, 3)},
-    **{f"disfa_split{k}": ((1, 2, 4, 6, 9, 12, 25, 26), "DISFA", k, 66.1) for k in (1, 2, 3)},
-    "cross_model": ((1, 2, 4, 6, 7, 9, 10, 12, 14, 15, 17, 23, 24, 25, 26), "undocumented", None, None),
+    **{f"bp4d_split{k}": (AUSet.BP4D.numbers, "BP4D", k, 65.0) for k in (1, 2, 3)},
+    **{f"disfa_split{k}": (AUSet.DISFA.numbers, "DISFA", k, 66.1) for k in (1, 2, 3)},
+    "cross_model": (AUSet.UNION15.numbers, "undocumented", None, None),
 }
 REFERENCE_URL = "https://github.com/jingyang2017/AU-Net"
 REFERENCE_T = 10  # the reference's temporal offset
-DEFAULT_THRESHOLD = 0.5
 
 
 def _copy(src: Path, dst: Path) -> str:
@@ -111,7 +110,7 @@ def untrained(out: Path, variant: Variant, aus: list[str], *, crop_size: int = 2
     with atomic_path(out / HEAD_FILE) as tmp:
         torch.save(build_head(variant, len(aus)).eval().state_dict(), tmp)
     spec = BundleSpec(name=f"untrained-{Variant(variant).value}", variant=variant, aus=list(aus),
-                      thresholds={a: DEFAULT_THRESHOLD for a in aus}, temporal_offset=temporal_offset,
+                      thresholds={a: DECISION_THRESHOLD for a in aus}, temporal_offset=temporal_offset,
                       crop=CropSpec(size=crop_size), backbone=BackboneSpec(random_seed=seed),
                       head_sha256=file_sha256(out / HEAD_FILE),
                       detector=_detector(detector or FacesConfig(), out), random_weights=True,
@@ -164,7 +163,7 @@ def import_reference(src: Path | None, out: Path, *, head: Path | None = None,
         columns = [au_column(n) for n in numbers]
         spec = BundleSpec(
             name=bundle_name, variant=Variant.AUNET, aus=columns,
-            thresholds={a: DEFAULT_THRESHOLD for a in columns}, temporal_offset=REFERENCE_T,
+            thresholds={a: DECISION_THRESHOLD for a in columns}, temporal_offset=REFERENCE_T,
             default_temporal=TemporalMode.EXACT, tta_flip=True,
             crop=CropSpec(mode=CropMode.REFERENCE, size=256),
             backbone=BackboneSpec(variant=Backbone.FAN2, sha256=_copy(Path(fan), folder / FAN_FILE)),

@@ -24,3 +24,4 @@ class UnitResult:
     data: dict = field(default_factory=dict)
     error: Optional[str] = None  # one line for a UserError; type and message for a bug
     trace: Optional[str] = None  # traceback of a bug
+    transient: bool = False  # an I/O error a retry may get past (pipeline.errors.is_transient)

@@ -14,7 +14,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.faces.align import template
 from pipeline.config import FacesConfig, RunConfig
@@ -66,13 +65,9 @@ def _detector(faces: FacesConfig) -> Detector | None:
     return make_detector(faces)  # once per process (dask workers included)
 
 
-@lru_cache(maxsize=2)
-def _rows(path: str, mtime_ns: int) -> pa.Table:
-    return pq.read_table(path, columns=crop_store.ROW_COLUMNS)
-
-
-def manifest_rows(path: Path) -> pa.Table:
-    return _rows(str(path), Path(path).stat().st_mtime_ns)
+def manifest_rows(catalog: Catalog, cfg: RunConfig) -> pa.Table:
+    """The manifest columns a crop block is computed from (read once per manifest version)."""
+    return manifests.rows(catalog, cfg.dataset.name, crop_store.ROW_COLUMNS)
 
 
 def _store_attrs(cfg: RunConfig) -> dict:
@@ -82,21 +77,14 @@ def _store_attrs(cfg: RunConfig) -> dict:
             "keypoint_order": ["left_eye", "right_eye", "nose", "left_mouth", "right_mouth"]}
 
 
-def expected_keys(cfg: RunConfig, catalog: Catalog) -> list[str]:
-    """The block keys this config and the data as they are now give (read-only)."""
-    manifests.checked(cfg, catalog)
-    rows = manifest_rows(catalog.manifest(cfg.dataset.name))
-    return crop_store.block_keys(cfg, rows, code_key(*crop_store.CODE_ENTRY))
-
-
 def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) -> Plan:
     """Units for the blocks whose data is missing or whose inputs changed. Read-only."""
     if mix.is_mix(cfg):  # a mixed run reads its members' crop stores as they are
         return Plan([], [], {"mix": [m.dataset.name for m in mix.members(cfg)]})
     mpath = catalog.manifest(cfg.dataset.name)
-    keys = expected_keys(cfg, catalog)
+    keys = crop_store.expected_keys(cfg, catalog)
     path = catalog.crops(cfg)
-    n = manifest_rows(mpath).num_rows
+    n = manifest_rows(catalog, cfg).num_rows
     done = stored = None
     if crop_store.is_complete_layout(path):
         done, stored = crop_store.chunk_state(path)
@@ -122,7 +110,7 @@ def prepare(cfg: RunConfig, catalog: Catalog, plan: Plan) -> None:
 
 def run_unit(cfg: RunConfig, catalog: Catalog, unit: FacesUnit, progress=None) -> dict:
     """Detect, choose, align and write one block; per-frame failures are recorded, not raised."""
-    rows = manifest_rows(Path(unit.manifest)).slice(unit.start, unit.stop - unit.start)
+    rows = manifest_rows(catalog, cfg).slice(unit.start, unit.stop - unit.start)
     if rows.column("row").to_pylist() != list(range(unit.start, unit.stop)):
         raise StaleArtifact(f"{unit.manifest}: rows {unit.start}..{unit.stop - 1} are not numbered "
                          "in order; rebuild the manifest")

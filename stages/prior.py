@@ -24,6 +24,7 @@ from store import manifests, mix
 from store.catalog import Catalog
 from store.codekey import code_key
 from store.identity import prior_identity
+from store.models import PRIOR_CODE, prior_inputs, prior_key
 from store.provenance import atomic_path, read_provenance, record, trusted, write_provenance
 
 STAGE = "prior"
@@ -49,23 +50,12 @@ def reads(cfg: RunConfig) -> list[tuple[str, str]]:
     return [(cfg.dataset.name, "manifest")]
 
 
-def inputs(rec: dict, fold: int) -> dict:
-    """What fold k's prior is computed from: the labels of every row outside test fold k."""
-    return {"train_labels": rec["keys"]["train"][str(fold)]}
-
-
-def expected_key(cfg: RunConfig, manifest_rec: dict, fold: int) -> str:
-    from store.provenance import artifact_key
-
-    return artifact_key(prior_identity(cfg), inputs(manifest_rec, fold), code_key("stages.prior"))
-
-
 def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) -> Plan:
     name = cfg.dataset.name
     rec = manifests.checked(cfg, catalog)
     units, skipped = [], []
     for fold in prior_folds(cfg, catalog, select):
-        unit = PriorUnit(name, fold, expected_key(cfg, rec, fold))
+        unit = PriorUnit(name, fold, prior_key(cfg, rec, fold))
         if force or trusted(catalog.prior(cfg, fold), unit.key) is None:
             units.append(unit)
         else:
@@ -141,8 +131,8 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: PriorUnit, progress=None) -
                     "fold": unit.fold, "history": history, "selection": selection,
                     "metrics": metrics}, tmp)
     rec = record(stage=STAGE, name=catalog.rel(out), identity=prior_identity(cfg),
-                 inputs=inputs(manifests.record(catalog, unit.dataset), unit.fold),
-                 code=code_key("stages.prior"), extra={"metrics": metrics, "selection": selection})
+                 inputs=prior_inputs(manifests.record(catalog, unit.dataset), unit.fold),
+                 code=code_key(PRIOR_CODE), extra={"metrics": metrics, "selection": selection})
     if rec["key"] != unit.key:
         raise StaleArtifact(f"{out}: the manifest changed while the prior trained; run again")
     write_provenance(out, rec)

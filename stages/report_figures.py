@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from store.provenance import atomic_path  # noqa: E402
+from pipeline.aus import DECISION_THRESHOLD  # noqa: E402
 from pipeline.errors import ConfigError  # noqa: E402
 
 DPI = 110
@@ -90,7 +91,7 @@ def correlation_heatmaps(cooc: pd.DataFrame, eval_dataset: str, path: Path,
 
 
 def timeline(pred: pd.DataFrame, aus: list[str], video: str, path: Path,
-             threshold: float = 0.5, banner: str | None = None) -> Path:
+             threshold: float = DECISION_THRESHOLD, banner: str | None = None) -> Path:
     """One video: per AU, the label (red band) and each variant's probability against frames."""
     v = pred[pred.video_id == video].sort_values("frame")
     if v.empty:

@@ -27,11 +27,11 @@ from typing import Any, Callable, Iterator
 from tqdm.auto import tqdm
 
 from pipeline.config import RunConfig
-from pipeline.errors import UserError, storage_message
+from pipeline.errors import UserError, is_transient, storage_message
 from stages.contract import Plan, UnitResult  # noqa: F401  (re-exported)
-from store.catalog import Catalog
+from store.catalog import Catalog, Stage
 
-STAGES = ("manifest", "faces", "features", "prior", "train", "evaluate", "report")
+STAGES = tuple(s.value for s in Stage)  # in pipeline order (store.catalog.Stage)
 TOOLS = ("predict",)  # unit-based commands outside the dataset pipeline, same failure policy
 
 
@@ -62,6 +62,9 @@ def run_unit(stage: str, cfg: RunConfig, catalog: Catalog, unit: Any,
         return UnitResult(unit.name, False, time.perf_counter() - t0,
                           error=f"{unit.name}: {e}")
     except Exception as e:  # noqa: BLE001 - a bug: reported with its traceback, others go on
+        if is_transient(e):  # the flows retry these (flows.tasks); the CLI reports them
+            return UnitResult(unit.name, False, time.perf_counter() - t0,
+                              error=f"{unit.name}: {type(e).__name__}: {e}", transient=True)
         message = storage_message(e)
         if message is not None:  # a full disk or permissions: the machine's state, not a bug
             return UnitResult(unit.name, False, time.perf_counter() - t0,

@@ -27,6 +27,7 @@ import re
 import shutil
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -39,8 +40,26 @@ from store.provenance import BUILD_MARK, TMP_SUFFIX
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.+\-]+")
 PARTIAL_SUFFIX = ".partial"  # zarr's own temporary chunk files
-STAGE_DIRS = {"manifest": "manifest", "faces": "faces", "features": "features", "prior": "prior",
-              "train": "models", "evaluate": "eval"}
+
+
+class Stage(str, Enum):
+    """The pipeline's stages, in the order they run: the one list every layer uses."""
+    MANIFEST = "manifest"
+    FACES = "faces"
+    FEATURES = "features"
+    PRIOR = "prior"
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+    REPORT = "report"
+
+    @property
+    def folder(self) -> str | None:
+        """Its artifacts' folder under `{dataset}/` (None: the report renders under reports/)."""
+        return _FOLDERS.get(self)
+
+
+_FOLDERS = {Stage.MANIFEST: "manifest", Stage.FACES: "faces", Stage.FEATURES: "features",
+            Stage.PRIOR: "prior", Stage.TRAIN: "models", Stage.EVALUATE: "eval"}
 
 
 def _safe(part: str) -> str:
@@ -70,29 +89,29 @@ class Catalog:
 
     # -- manifest -----------------------------------------------------------------------------
     def manifest(self, dataset: str) -> Path:
-        return self.dataset_dir(dataset) / "manifest" / "manifest.parquet"
+        return self.dataset_dir(dataset) / Stage.MANIFEST.folder / "manifest.parquet"
 
     def manifest_report(self, dataset: str) -> Path:
-        return self.dataset_dir(dataset) / "manifest" / "manifest.report.json"
+        return self.dataset_dir(dataset) / Stage.MANIFEST.folder / "manifest.report.json"
 
     # -- faces and features (per dataset; `dataset` defaults to the config's) ------------------
     def crops(self, cfg: RunConfig, dataset: str | None = None) -> Path:
         name = f"{_safe(cfg.faces.detector.value)}-{ident.faces_id(cfg)[:ident.ID_CHARS]}"
-        return self.dataset_dir(dataset or cfg.dataset.name) / "faces" / name / "crops.zarr"
+        return self.dataset_dir(dataset or cfg.dataset.name) / Stage.FACES.folder / name / "crops.zarr"
 
     def features(self, cfg: RunConfig, dataset: str | None = None) -> Path:
         name = (f"{_safe(cfg.features.backbone.value)}-{_safe(ident.weights_path_name(cfg))}-"
                 f"{ident.features_id(cfg)[:ident.ID_CHARS]}")
-        return self.dataset_dir(dataset or cfg.dataset.name) / "features" / name / "features.zarr"
+        return self.dataset_dir(dataset or cfg.dataset.name) / Stage.FEATURES.folder / name / "features.zarr"
 
     # -- label prior and heads ------------------------------------------------------------------
     def prior(self, cfg: RunConfig, fold: int) -> Path:
-        return (self.dataset_dir(cfg.dataset.name) / "prior" / fold_name(fold)
+        return (self.dataset_dir(cfg.dataset.name) / Stage.PRIOR.folder / fold_name(fold)
                 / f"vae-{ident.prior_id(cfg)[:ident.ID_CHARS]}.pt")
 
     def head_dir(self, cfg: RunConfig, variant: Variant, fold: int) -> Path:
         v = Variant(variant).value
-        return (self.dataset_dir(cfg.dataset.name) / "models" / v / fold_name(fold)
+        return (self.dataset_dir(cfg.dataset.name) / Stage.TRAIN.folder / v / fold_name(fold)
                 / _safe(ident.head_label(cfg, variant)))
 
     def head_checkpoint(self, cfg: RunConfig, variant: Variant, fold: int,
@@ -103,7 +122,7 @@ class Catalog:
     def predictions(self, cfg: RunConfig, eval_dataset: str, variant: Variant, fold: int) -> Path:
         """The evaluate stage's cached predictions of one head on one dataset's test fold."""
         head = self.head_dir(cfg, variant, fold).name
-        return (self.dataset_dir(cfg.dataset.name) / "eval" / _safe(eval_dataset)
+        return (self.dataset_dir(cfg.dataset.name) / Stage.EVALUATE.folder / _safe(eval_dataset)
                 / Variant(variant).value / f"fold{fold}" / f"{head}.parquet")
 
     # -- reports ----------------------------------------------------------------------------------
@@ -183,7 +202,7 @@ class Catalog:
         """Remove what a killed run of (dataset, stage) left: temporary files and folders of
         atomic writes, zarr's partial chunk files. Call only under that stage's exclusive lock.
         Returns the store-relative names removed."""
-        sub = STAGE_DIRS.get(stage)
+        sub = Stage(stage).folder
         base = self.dataset_dir(dataset) / sub if sub else self.rendered(dataset)
         return self.remove_debris(base)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from pipeline.aus import AUSet
 from pipeline.config import (ConfigError, DetectorKind, FoldScheme, Layout, OnBadInput, RunConfig,
@@ -81,13 +82,10 @@ def test_overrides_use_dotted_keys(tmp_path):
     assert cfg.dataset.on_bad_input is OnBadInput.SKIP and cfg.train.epochs == 2
 
 
-def test_config_is_frozen_and_fingerprinted(tmp_path):
+def test_config_is_frozen(tmp_path):
     cfg = load_config(_write(tmp_path, MINIMAL))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.dataset.name = "other"  # type: ignore[misc]
-    other = load_config(_write(tmp_path, MINIMAL), {"dataset.n_folds": 4})
-    assert cfg.fingerprint("dataset") != other.fingerprint("dataset")
-    assert cfg.fingerprint("train") == other.fingerprint("train")
 
 
 @pytest.mark.parametrize("name,layout", [("demo", Layout.DEMO), ("bp4d", Layout.BP4D),

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from pipeline.aus import DECISION_THRESHOLD
 from pipeline.labels import correlation
 
 AVG = "Avg"  # the "au" value of the average-over-AUs row (the paper's "Avg" column)
@@ -64,7 +65,7 @@ def scores_from_counts(tp, fp, fn, tn) -> dict[str, np.ndarray]:
 
 
 def au_scores(p: np.ndarray, y: np.ndarray, face: np.ndarray, au_columns: list[str],
-              threshold: float = 0.5) -> pd.DataFrame:
+              threshold: float = DECISION_THRESHOLD) -> pd.DataFrame:
     """Per-AU scores plus an `Avg` row (mean over AUs of each score; counts summed).
 
     Columns: au, f1, precision, recall, accuracy, n (scored frames), n_pos, tp, fp, fn, tn,

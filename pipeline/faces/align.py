@@ -28,11 +28,17 @@ MIN_POINTS = 2  # a similarity transform (4 unknowns) needs two point pairs
 MIN_EYE_DISTANCE_PX = 1.0  # below this the keypoints are degenerate
 
 
+# The crop geometry's defaults (faces.size, faces.eye_distance, faces.box_margin; a bundle's crop):
+CROP_SIZE = 256  # the FAN's input side
+EYE_DISTANCE = 0.30  # template eye distance as a fraction of the crop width
+BOX_MARGIN = 0.25  # box-only crops: a square grown by this fraction of the box side per edge
+
+
 class AlignError(ValueError):
     """Keypoints or box from which no crop can be made (degenerate, NaN)."""
 
 
-def template(size: int = 256, eye_distance: float = 0.30) -> np.ndarray:
+def template(size: int = CROP_SIZE, eye_distance: float = EYE_DISTANCE) -> np.ndarray:
     """(5, 2) float32 template points in crop pixels.
 
     Scaled so the eyes are `eye_distance * size` apart, and placed so the point midway between

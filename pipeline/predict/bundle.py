@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipeline.config import (Backbone, CropMode, FacesConfig, FeaturesConfig, TemporalMode,
                              Variant)
 from pipeline.errors import UserError
+from pipeline.faces.align import BOX_MARGIN, CROP_SIZE, EYE_DISTANCE
 from pipeline.hashing import file_sha256
 
 FORMAT, FORMAT_VERSION = "aunet-bundle", 1
@@ -47,9 +48,9 @@ class Strict(BaseModel):
 
 class CropSpec(Strict):
     mode: CropMode = CropMode.ALIGNED
-    size: int = 256
-    eye_distance: float = 0.30
-    box_margin: float = 0.25
+    size: int = CROP_SIZE
+    eye_distance: float = EYE_DISTANCE
+    box_margin: float = BOX_MARGIN
 
 
 class BackboneSpec(Strict):
