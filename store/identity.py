@@ -34,13 +34,28 @@ def _without_paths(section: dict) -> dict:
 
 
 @lru_cache(maxsize=8)
+def _detector_paths(faces: FacesConfig) -> tuple[tuple[str, str], ...]:
+    """(role, local file) of the detector's networks: resolved once per config (resolving may
+    import face-alignment and look in torch hub's cache), never their contents."""
+    return tuple((role, str(p)) for role, p in resolve_weights(faces).items())
+
+
 def detector_files(faces: FacesConfig) -> dict[str, str]:
-    """role -> SHA-256 of the detector's weight files ({} for provided landmarks)."""
+    """role -> SHA-256 of the detector's weight files ({} for provided landmarks).
+
+    The digests come from `hash_files`, remembered per version of each file (path, size,
+    mtime_ns, inode), not per config: a long-lived Dask worker serving several runs sees a
+    weights file replaced under the same path."""
     if faces.detector.value == "provided":
         return {}
-    files = resolve_weights(faces)
-    digests = hash_files(files.values())
-    return {role: digests[str(p)] for role, p in files.items()}
+    files = dict(_detector_paths(faces))
+    try:
+        digests = hash_files(files.values())
+    except OSError:  # a file resolved earlier is gone: resolve again, which names what is wrong
+        _detector_paths.cache_clear()
+        files = dict(_detector_paths(faces))
+        digests = hash_files(files.values())
+    return {role: digests[p] for role, p in files.items()}
 
 
 def faces_identity(cfg: RunConfig) -> dict:
