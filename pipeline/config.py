@@ -35,7 +35,7 @@ class Layout(str, Enum):
 
 class FoldScheme(str, Enum):
     STANDARD = "standard"  # built-in subject lists (BP4D, DISFA)
-    KFOLD = "kfold"  # subject-exclusive GroupKFold over the subjects found
+    KFOLD = "kfold"  # subject-exclusive, frame-balanced, seeded by fold_seed (pipeline/folds.py)
     COLUMN = "column"  # a `fold` column given by the layout (ABAW split, user manifests)
 
 
@@ -51,6 +51,9 @@ class DatasetConfig(Strict):
     au_set: AUSet
     folds: FoldScheme = FoldScheme.STANDARD
     n_folds: int = Field(3, ge=2)
+    # folds: kfold: the seed of the subjects' order (pipeline/folds.py); a different seed gives
+    # different folds, the same seed the same folds on any machine and numpy version
+    fold_seed: int = 0
     on_bad_input: OnBadInput = OnBadInput.RAISE
     # DISFA: occurrence = intensity >= threshold (paper and community: 2).
     occurrence_threshold: int = Field(2, ge=1, le=5)
@@ -120,10 +123,10 @@ class FacesConfig(Strict):
     temporal: TemporalRule = TemporalRule.NONE
     persist_frames: int = Field(3, ge=2, le=30)  # temporal=persist: the shortest run kept
     rule: FaceRule = FaceRule.TRACK
-    size: int = CROP_SIZE
+    size: int = Field(CROP_SIZE, gt=0)  # crop side (pixels)
     # Template eye distance as a fraction of the crop width; smaller = more margin around the face.
     eye_distance: float = Field(EYE_DISTANCE, gt=0.05, lt=0.8)
-    min_face_px: int = 24  # faces smaller than this (box side) are not kept
+    min_face_px: int = Field(24, ge=1)  # faces smaller than this (box side) are not kept
     # Box-only crops (SFD, manifest boxes without landmarks): a square around the box grown by
     # this fraction of its side on every edge.
     box_margin: float = Field(BOX_MARGIN, ge=0, le=2)
@@ -144,6 +147,13 @@ class Backbone(str, Enum):
     FAN4 = "fan4"  # face-alignment's 2DFAN4: avg-pool stem, only the first two stacks are run
 
 
+class Device(str, Enum):
+    AUTO = "auto"  # CUDA when torch sees a GPU, else the CPU
+    CPU = "cpu"
+    CUDA = "cuda"
+    MPS = "mps"  # Apple silicon
+
+
 class FeaturesConfig(Strict):
     backbone: Backbone = Backbone.FAN2
     weights: Optional[Path] = None
@@ -152,7 +162,7 @@ class FeaturesConfig(Strict):
     seed: int = 0
     dtype: str = Field("float16", pattern="^(float16|float32)$")
     batch_size: int = Field(8, ge=1)
-    device: str = "auto"
+    device: Device = Device.AUTO
     frames_per_shard: int = Field(32, ge=1)
     codec: str = Field("blosc-lz4", pattern="^(blosc-lz4|blosc-zstd|zstd|none)$")
 
@@ -173,8 +183,8 @@ class Variant(str, Enum):
 
 
 class ConsistencyForm(str, Enum):
-    PAPER = "paper"  # ||mu_p - mu_g||^2 + ||Sigma_p - Sigma_g||^2
-    CODE = "code"  # reference code: mse(mu_p, mu_g) + mean(sigma_p)
+    PAPER = "paper"  # ||mu_p - mu_g||^2 + ||Sigma_p - Sigma_g||^2, Sigma the variance exp(logvar)
+    CODE = "code"  # reference code: mse(mu_p, mu_g) + mean(sigma_p), sigma = exp(0.5 logvar)
 
 
 LATENT_DIMS = {AUSet.BP4D: 8, AUSet.DISFA: 6, AUSet.ABAW12: 5, AUSet.AFFWILD2_PAPER: 5,
@@ -182,14 +192,21 @@ LATENT_DIMS = {AUSet.BP4D: 8, AUSet.DISFA: 6, AUSet.ABAW12: 5, AUSet.AFFWILD2_PA
 
 
 class PriorConfig(Strict):
-    latent_dim: Optional[int] = None  # None: the paper's k for the dataset's AU set
+    latent_dim: Optional[int] = Field(None, ge=1)  # None: the paper's k for the dataset's AU set
     lambdas: tuple[float, ...] = (0.1, 0.2, 0.3)
-    noise: float = 0.2
-    epochs: int = 100
-    lr: float = 1e-3
-    batch_size: int = 128
+    noise: float = Field(0.2, ge=0, lt=1)  # label corruption U(-noise, noise)
+    epochs: int = Field(100, ge=1)
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    batch_size: int = Field(128, ge=1)
     holdout_fraction: float = Field(0.2, gt=0, lt=0.9)  # of training subjects, for lambda
     seed: int = 0
+
+    @field_validator("lambdas")
+    @classmethod
+    def _lambdas(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not (0 <= x < float("inf")) for x in v):  # the comparison fails for NaN
+            raise ValueError("give at least one lambda, each a number >= 0")
+        return v
 
     def k(self, au_set: AUSet) -> int:
         return self.latent_dim or LATENT_DIMS[au_set]
@@ -198,18 +215,20 @@ class PriorConfig(Strict):
 class TrainConfig(Strict):
     variants: tuple[Variant, ...] = tuple(Variant)
     folds: Optional[tuple[int, ...]] = None  # None: every fold
-    epochs: int = 12
-    lr: float = 1e-4
-    lr_step_epochs: int = 4
-    lr_gamma: float = 0.3
-    weight_decay: float = 1e-2  # AdamW's default, as in the reference
-    batch_size: int = 64
-    max_steps_per_epoch: Optional[int] = None  # demo / smoke runs
-    temporal_offset: int = 10  # T
+    epochs: int = Field(12, ge=1)
+    lr: float = Field(1e-4, gt=0, allow_inf_nan=False)
+    lr_step_epochs: int = Field(4, ge=1)
+    lr_gamma: float = Field(0.3, gt=0, allow_inf_nan=False)
+    # The reference trains heads with AdamW(weight_decay=0) (train_video_vae.py), not torch's
+    # 1e-2 default; changing it changes the trained numbers.
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+    batch_size: int = Field(64, ge=1)
+    max_steps_per_epoch: Optional[int] = Field(None, ge=1)  # demo / smoke runs
+    temporal_offset: int = Field(10, ge=0)  # T (0: the neighbours are the frame itself)
     consistency: ConsistencyForm = ConsistencyForm.PAPER
-    consistency_weight: float = 1.0  # gamma
-    feature_shift: int = 2  # max random spatial shift (feature cells) as augmentation; 0 = off
-    shuffle_buffer: int = 256
+    consistency_weight: float = Field(1.0, ge=0, allow_inf_nan=False)  # gamma
+    feature_shift: int = Field(2, ge=0)  # max random spatial shift (feature cells) as augmentation; 0 = off
+    shuffle_buffer: int = Field(256, ge=1)
     # the config (YAML path) whose final heads of the same variant and fold initialise these
     # (the paper starts DISFA heads from BP4D heads); its heads are found from its fingerprints
     init_from: Optional[Path] = None
@@ -217,8 +236,8 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
-    threshold: float = DECISION_THRESHOLD
-    bootstrap: int = 1000
+    threshold: float = Field(DECISION_THRESHOLD, gt=0, lt=1)  # on sigmoid outputs: 0 or 1 would score nothing
+    bootstrap: int = Field(1000, ge=0)
     seed: int = 0
     cross_datasets: tuple[str, ...] = ()  # other datasets' names to score these models on
     timeline_video: Optional[str] = None  # report: which video's timeline to plot

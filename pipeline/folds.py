@@ -5,9 +5,10 @@ Aff-Wild2 training set when the official validation set is the test fold).
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold
 
 from pipeline.aus import AUSet
 from pipeline.config import DatasetConfig, FoldScheme, Layout
@@ -53,18 +54,36 @@ def standard_fold_of(layout: Layout) -> dict[str, int]:
     return {s: k for k, subjects in STANDARD_FOLDS[layout].items() for s in subjects}
 
 
+def _seeded_key(seed: int, subject: str) -> str:
+    """A subject's place in the seeded order: SHA-256 of "seed:subject" (hex). SHA-256 is a
+    fixed standard (FIPS 180-4), so the order is the same on every machine, Python and numpy
+    version; numpy's generators promise no such thing across releases."""
+    return hashlib.sha256(f"{seed}:{subject}".encode()).hexdigest()
+
+
 def kfold_of(subjects: list[str], n_folds: int, seed: int = 0) -> dict[str, int]:
-    """Subject-exclusive k-fold (scikit-learn GroupKFold over a seeded subject order)."""
-    uniq = sorted(set(subjects))
-    if len(uniq) < n_folds:
-        raise InputError(f"{len(uniq)} subjects cannot make {n_folds} subject-exclusive folds; "
+    """Subject-exclusive k-fold, balanced by frames, seeded. `subjects`: one entry per frame.
+
+    The subjects are put in a seeded order (sorted by `_seeded_key`, ties, which need a SHA-256
+    collision, by name); each in turn goes to the fold holding the fewest frames so far (ties:
+    the fewest subjects, then the lowest fold number). Every step is a plain comparison, so the
+    assignment depends only on the subject names, their frame counts and the seed.
+    """
+    counts: dict[str, int] = {}
+    for s in subjects:
+        counts[s] = counts.get(s, 0) + 1
+    if len(counts) < n_folds:
+        raise InputError(f"{len(counts)} subjects cannot make {n_folds} subject-exclusive folds; "
                          "set dataset.n_folds lower")
-    order = np.random.default_rng(seed).permutation(len(uniq))
-    groups = np.array(uniq)[order]
+    order = sorted(counts, key=lambda s: (_seeded_key(seed, s), s))
+    frames = [0] * n_folds  # frames per fold so far
+    members = [0] * n_folds  # subjects per fold so far
     out: dict[str, int] = {}
-    for k, (_, test) in enumerate(GroupKFold(n_splits=n_folds).split(groups, groups=groups), 1):
-        for s in groups[test]:
-            out[str(s)] = k
+    for s in order:
+        k = min(range(n_folds), key=lambda i: (frames[i], members[i], i))
+        frames[k] += counts[s]
+        members[k] += 1
+        out[s] = k + 1
     return out
 
 
@@ -80,7 +99,7 @@ def assign_folds(df: pd.DataFrame, cfg: DatasetConfig, report: ManifestReport) -
     # its standard folds, recognised by its AU set.
     layout = cfg.layout if cfg.layout in STANDARD_FOLDS else _LAYOUT_OF_AU_SET.get(cfg.au_set, cfg.layout)
     mapping = (standard_fold_of(layout) if cfg.folds is FoldScheme.STANDARD
-               else kfold_of(df["subject"].astype(str).tolist(), cfg.n_folds))
+               else kfold_of(df["subject"].astype(str).tolist(), cfg.n_folds, cfg.fold_seed))
     fold = df["subject"].map(mapping)
     missing = fold.isna()
     if missing.any():

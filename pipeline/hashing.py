@@ -1,11 +1,15 @@
 """Content hashes of files, remembered by file identity so big datasets are hashed once.
 
-Artifact identity comes from content, never from names or times: a label file edited without a
-change of size or mtime still changes its hash, and a `touch` changes nothing. Hashing 150k
-images on every plan would be slow, so a hash is remembered per (path, size, mtime_ns, inode):
-in memory for the process, and, where `use_cache_file` named one (the catalog does: a SQLite
-file inside the store), across processes. The remembered identity only decides when to re-hash;
-the value recorded everywhere is the SHA-256 of the bytes.
+Artifact identity comes from content, never from names or times: the value recorded everywhere
+is the SHA-256 of the bytes, so a `touch` (or a copy with new times) changes nothing. Hashing 150k
+images on every plan would be slow, so a hash is remembered per file version (path, size,
+mtime_ns, inode): in memory for the process, and, where `use_cache_file` named one (the catalog
+does: a SQLite file inside the store), across processes. A file is re-hashed when any of those
+four changes: every ordinary edit (an editor's write sets a new mtime_ns; saving by rename gives
+a new inode). What is not seen is an edit in place that keeps the size and the mtime: one
+that sets the mtime back on purpose (`touch -d` to the old time), or a second same-size write
+within the file system's timestamp tick (a few milliseconds on Linux) of the write that was
+hashed. Delete `.cache/filehash.sqlite` in the store to re-hash everything.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+from contextlib import closing
 from pathlib import Path
 from typing import Iterable
 
@@ -42,7 +47,8 @@ def _load() -> None:
     if db is None or _STATE["loaded"] == db or not db.exists():
         return
     try:
-        with sqlite3.connect(db, timeout=10) as con:
+        # sqlite3's own `with` commits but never closes: closing() does
+        with closing(sqlite3.connect(db, timeout=10)) as con:
             rows = con.execute("SELECT path, size, mtime_ns, ino, sha256 FROM files").fetchall()
         _MEMO.update({tuple(r[:4]): r[4] for r in rows})
     except sqlite3.Error:  # a cache that cannot be read is only a cache
@@ -56,7 +62,7 @@ def _save(new: list[tuple]) -> None:
         return
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(db, timeout=10) as con:
+        with closing(sqlite3.connect(db, timeout=10)) as con, con:  # closed, and committed
             con.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
                         "mtime_ns INTEGER, ino INTEGER, sha256 TEXT)")
             con.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)", new)

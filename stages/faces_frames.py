@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional
 
+import cv2
 import numpy as np
 
 from pipeline.faces.align import AlignError, face_transform, warp
@@ -21,6 +22,12 @@ from pipeline.manifest import BOX_COLUMNS
 from pipeline.video import MediaError, iter_video, read_image
 
 DETECT_BATCH = 16  # frames per detector call (BlazeFace batches its tiles)
+# What a video's own damage raises while decoding (our messages, OpenCV's); any other exception
+# is a bug and propagates (it fails the block with its traceback, never becomes data).
+DECODE_ERRORS = (MediaError, cv2.error)
+# What a detector raises on an image it cannot handle (torch's RuntimeError, shape ValueErrors,
+# OpenCV): that frame gets `detector_error`; a TypeError, AttributeError ... is a bug.
+DETECTOR_ERRORS = (RuntimeError, ValueError, cv2.error)
 READ_THREADS = 4  # image decoding threads (OpenCV releases the GIL while decoding)
 
 # (local row index, RGB image or None, status when the image could not be had, message)
@@ -61,7 +68,7 @@ def _video_frames(path: str, rows: list[dict], idx: list[int]) -> Iterator[Frame
             seen.add(f)
             for i in wanted[f]:
                 yield i, img, FaceStatus.OK, ""
-    except Exception as e:  # noqa: BLE001 - MediaError or an OpenCV error: named, counted
+    except DECODE_ERRORS as e:  # the video's own fault: named, counted; anything else is a bug
         for f in sorted(set(wanted) - seen):
             for i in wanted[f]:
                 yield i, None, FaceStatus.VIDEO_UNREADABLE, f"{e}"
@@ -111,13 +118,16 @@ def _detect(detector: Optional[Detector], rows: list[dict], batch: list[Frame],
     try:
         found = iter(detector.detect_batch(imgs)) if imgs else iter(())
         return [None if img is None else next(found) for _, img, _, _ in batch]
-    except Exception:  # noqa: BLE001 - isolate the frame that fails, keep the others
+    except DETECTOR_ERRORS as e:  # isolate the frame that fails, keep the others
+        first = next((i for i, img, _, _ in batch if img is not None), 0)
+        errors.append(f"{_where(rows[first])} and the next {len(imgs) - 1} frames: the detector "
+                      f"failed on the batch ({type(e).__name__}: {e}); detected frame by frame")
         out = []
         for i, img, _, _ in batch:
             try:
                 out.append(None if img is None else detector.detect(img))
-            except Exception as e:  # noqa: BLE001
-                errors.append(f"{_where(rows[i])}: detector error: {type(e).__name__}: {e}")
+            except DETECTOR_ERRORS as e1:
+                errors.append(f"{_where(rows[i])}: detector error: {type(e1).__name__}: {e1}")
                 out.append(None)
         return out
 

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from pipeline.config import RunConfig
+from pipeline.config import Device, RunConfig
 from pipeline.errors import InputError
 from pipeline.models.fan import FEATURE_CHANNELS, FEATURE_STRIDE, FrozenFAN, load_backbone
 
@@ -43,9 +43,9 @@ def backbone(cfg: RunConfig) -> tuple[FrozenFAN, str, dict]:
 
 
 def device_for(cfg: RunConfig) -> torch.device:
-    if cfg.features.device == "auto":
+    if cfg.features.device is Device.AUTO:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.features.device)
+    return torch.device(cfg.features.device.value)
 
 
 def _check_finite(stored: torch.Tensor, rows: np.ndarray, src: str) -> None:

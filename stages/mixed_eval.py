@@ -64,6 +64,20 @@ def _single_predictions(member: RunConfig) -> tuple[str, pd.DataFrame]:
     return run, pred[pred.eval_dataset == member.dataset.name]
 
 
+# A frame is named by its video and its number in that video: BP4D's frame numbers restart in
+# every task (F001_T1 and F001_T2 both have a frame 1), so (subject, frame) is not a frame.
+PAIR_KEY = ["fold", "subject", "video_id", "frame"]
+
+
+def paired_rows(single: pd.DataFrame, mixed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of the same frames in both, in the same order (`PAIR_KEY`, sorted)."""
+    key = lambda d: d.assign(video_id=d["video_id"].astype(str),
+                             subject=d["subject"].astype(str)).set_index(PAIR_KEY)
+    a, b = key(single), key(mixed)
+    common = a.index.intersection(b.index).sort_values()
+    return a.loc[common].reset_index(), b.loc[common].reset_index()
+
+
 def comparison(pred: pd.DataFrame, cfg: RunConfig, ev: EvalConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(comparison rows, significance rows): each member's single-dataset model against the
     mixed model of the same variant, on the same test frames and the member's AUs."""
@@ -72,13 +86,11 @@ def comparison(pred: pd.DataFrame, cfg: RunConfig, ev: EvalConfig) -> tuple[pd.D
         name = m.dataset.name
         run, single = _single_predictions(m)
         mixed = pred[pred.eval_dataset == name].copy()
-        mixed["subject"] = mixed["subject"].astype(str).str.split("/", n=1).str[1]
+        for col in ("subject", "video_id"):  # the mix prefixes both with the member's name
+            mixed[col] = mixed[col].astype(str).str.split("/", n=1).str[1]
         aus = [a for a in m.dataset.au_set.columns if f"{a}_prob" in mixed and f"{a}_prob" in single]
         for variant in sorted(set(mixed.variant) & set(single.variant)):
-            a = single[single.variant == variant].set_index(["fold", "subject", "frame"])
-            b = mixed[mixed.variant == variant].set_index(["fold", "subject", "frame"])
-            common = a.index.intersection(b.index).sort_values()
-            a, b = a.loc[common].reset_index(), b.loc[common].reset_index()
+            a, b = paired_rows(single[single.variant == variant], mixed[mixed.variant == variant])
             per_fold = {"single": [], "mixed": []}
             for fold in sorted(a.fold.unique()):
                 for key, d in (("single", a), ("mixed", b)):

@@ -36,7 +36,7 @@ from pipeline.errors import StoreLocked
 from pipeline.folds import fold_name
 from pipeline.hashing import use_cache_file
 from store import identity as ident
-from store.provenance import BUILD_MARK, TMP_SUFFIX
+from store.provenance import BUILD_MARK, TMP_SUFFIX, recover_dirs
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.+\-]+")
 PARTIAL_SUFFIX = ".partial"  # zarr's own temporary chunk files
@@ -183,6 +183,13 @@ class Catalog:
                     f"another run is writing or reading stage '{stage}' of dataset '{dataset}'")
             raise StoreLocked(f"{what} in {self.root}{f' ({holder})' if holder else ''}; wait for "
                               "it to finish, or point this run at another store") from None
+        if shared:  # no writer of (dataset, stage) now: undo a replacement a kill interrupted
+            sub = STAGE_DIRS.get(stage)
+            if sub:
+                try:
+                    recover_dirs(self.dataset_dir(dataset) / sub)
+                except OSError:  # a read-only store: its owner's next run recovers it
+                    pass
         try:
             if not shared and fh.writable():
                 fh.seek(0)
@@ -210,6 +217,8 @@ class Catalog:
         removed = []
         if not base.exists():
             return removed
+        # a folder replacement a kill interrupted: the old folder back, or the new one kept
+        removed += [self.rel(p) for p in recover_dirs(base)]
         for p in sorted(base.rglob("*"), reverse=True):  # deepest first
             name = p.name
             if BUILD_MARK in name and p.is_dir():

@@ -14,6 +14,10 @@ their provenance recorded before they are trusted.
 """
 from __future__ import annotations
 
+import io
+import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,7 @@ import torch
 from torch import nn
 
 from pipeline.config import RunConfig, Variant
-from pipeline.errors import ConfigError, MissingArtifact, StaleArtifact
+from pipeline.errors import ConfigError, MissingArtifact, StaleArtifact, StoreWriteError, storage_message
 from pipeline.folds import ALL_SUBJECTS, fold_name, training_rows
 from pipeline.models.heads import build_head
 from store import features as feature_store
@@ -34,6 +38,11 @@ from store.provenance import artifact_key, atomic_path, fingerprint, read_proven
 PRIOR_CODE = "stages.prior"
 HEAD_CODE = "stages.train"
 STATE_KEYS = ("state_dict", "optimizer", "scheduler", "rng")
+# What torch.load raises for a file that is not (or no longer) a whole checkpoint: a truncated
+# zip (RuntimeError), an empty file (EOFError), foreign or damaged bytes (UnpicklingError, or
+# the legacy reader's KeyError / ValueError / UnicodeDecodeError).
+CORRUPT_CHECKPOINT = (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError,
+                      UnicodeDecodeError, zipfile.BadZipFile)
 
 
 # -- priors -------------------------------------------------------------------------------------
@@ -143,18 +152,44 @@ def checked_head(cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int,
 
 # -- checkpoint files ---------------------------------------------------------------------------
 def save_checkpoint(path: Path, blob: dict) -> None:
-    """Atomic: a killed run leaves the previous file or this one, never half of one."""
-    with atomic_path(Path(path), ".pt") as tmp:
-        torch.save(blob, tmp)
+    """Atomic: a killed run leaves the previous file or this one, never half of one.
+
+    The checkpoint is serialised in memory first and written with plain writes, so a full disk
+    is an OSError of that write (torch.save onto a file says only "file write failed" as a
+    RuntimeError), reported in one line naming `path`; the temporary file is removed."""
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    try:
+        with atomic_path(path, ".pt") as tmp:
+            fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+            try:
+                view = memoryview(buf.getbuffer())
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+    except OSError as e:
+        if storage_message(e) is None:
+            raise
+        raise StoreWriteError(f"cannot save {path}: {e.strerror or e}; free space or fix "
+                              "permissions and run the command again (nothing was half-written: "
+                              "the previous file, if any, is kept)") from None
 
 
 def read_checkpoint(path: Path) -> dict:
     """A head or prior checkpoint; weights_only=True: tensors and plain data, nothing else."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file: name it
-        raise StaleArtifact(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); rerun the "
-                            "stage that wrote it with --force") from None
+    except FileNotFoundError:
+        raise MissingArtifact(f"checkpoint {path} does not exist; rerun the stage that writes "
+                              "it") from None
+    except CORRUPT_CHECKPOINT as e:  # truncated, damaged or foreign file: name it
+        raise StaleArtifact(f"cannot read checkpoint {path} ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else 'no data'}); rerun the stage "
+                            "that wrote it with --force") from None
+    # anything else propagates: an OSError (permissions, I/O) is said as such by the command
+    # line, and any other exception is a bug
 
 
 def load_head(path: str | Path) -> tuple[nn.Module, dict]:

@@ -40,6 +40,7 @@ RANDOM_WEIGHTS_BANNER = (
 )
 TMP_SUFFIX = ".tmp"  # temporary files: `.{name}.{random}{suffix}.tmp` beside the target
 BUILD_MARK = ".building-"  # temporary folders: `.{name}.building-{random}` beside the target
+ASIDE_MARK = ".replaced"  # `.{name}.replaced`: the old folder while atomic_dir swaps in a new one
 KEY_LENGTH = 16
 
 
@@ -84,20 +85,68 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """Build a folder (a Zarr store) under a temporary name beside `final`, then rename it in.
 
     A kill while building leaves only the temporary folder (removed by the next run), never a
-    half-made store at `final`. An existing `final` is replaced.
+    half-made store at `final`. An existing `final` is replaced in three renames-or-deletes,
+    each of which a kill may follow: (1) the old folder is renamed aside (`aside_path`), (2) the
+    new one is renamed in, (3) the old one is deleted. After a kill between (1) and (2) the old
+    folder is only aside; `recover_dir` (run by the cleanup of every stage and when a reader
+    takes its lock) renames it back; after (2) it deletes it. So `final` is always the old
+    folder or the new one, whole.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(final)  # a replacement a kill interrupted: finish or undo it first
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{BUILD_MARK}", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        aside = aside_path(final)
         if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            os.rename(final, aside)  # (1) both renames are atomic within one folder
+        os.rename(tmp, final)  # (2)
+        shutil.rmtree(aside, ignore_errors=True)  # (3)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def aside_path(final: Path) -> Path:
+    """Where `atomic_dir` puts the folder it replaces until the new one is in place."""
+    final = Path(final)
+    return final.with_name(f".{final.name}{ASIDE_MARK}")
+
+
+def recover_dir(final: Path) -> str | None:
+    """Finish or undo a replacement of `final` that a kill interrupted (see `atomic_dir`):
+    the old folder set aside is renamed back when `final` is missing ("restored"), deleted when
+    the new folder is in place ("removed"); None when there was nothing to do. Call where no
+    writer of `final` can be running (under its stage's exclusive lock or a shared one)."""
+    final = Path(final)
+    aside = aside_path(final)
+    if not aside.is_dir():
+        return None
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        return "removed"
+    try:
+        os.rename(aside, final)
+    except FileNotFoundError:  # another reader restored it a moment ago
+        return None
+    return "restored"
+
+
+def recover_dirs(base: Path) -> list[Path]:
+    """`recover_dir` for every set-aside folder in `base` and the folders right under it (where
+    the catalog puts its Zarr stores); returns the folders restored or removed."""
+    base = Path(base)
+    if not base.is_dir():
+        return []
+    found = [*base.glob(f".*{ASIDE_MARK}"), *base.glob(f"*/.*{ASIDE_MARK}")]
+    out = []
+    for aside in sorted(found):
+        final = aside.with_name(aside.name[1:-len(ASIDE_MARK)])
+        if recover_dir(final) is not None:
+            out.append(aside)
+    return out
 
 
 def write_json(path: Path, obj: Any) -> None:

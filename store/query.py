@@ -6,7 +6,14 @@ queries never count a run twice or see half of one.
 """
 from __future__ import annotations
 
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.errors import UserError
 from store import tables
@@ -21,18 +28,93 @@ def _scan(catalog: Catalog, name: str) -> str:
             "hive_types = {'dataset': VARCHAR, 'run': VARCHAR})")
 
 
-def connect(catalog: Catalog) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB with one view per report table that has rows of complete runs."""
-    con = duckdb.connect()
-    if not tables.part_files(catalog, "runs"):
-        return con  # no complete run yet: no views
-    con.execute(f"CREATE VIEW runs AS SELECT * FROM {_scan(catalog, 'runs')}")
+# Statement types a query may be: reads only. PIVOT parses as MULTI (DuckDB runs its generated
+# steps itself); DESCRIBE, SHOW and SUMMARIZE parse as SELECT.
+READ_ONLY_STATEMENTS = frozenset({"SELECT", "EXPLAIN", "MULTI"})
+EXAMPLE = "e.g. aunet query \"SELECT * FROM runs\""
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def _unreadable_parts(catalog: Catalog) -> list[str]:
+    """Report partitions that are not readable Parquet (a torn copy, a foreign file)."""
+    bad = []
     for name in tables.TABLES:
-        if name == "runs" or not tables.part_files(catalog, name):
-            continue
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM {_scan(catalog, name)} "
-                    "WHERE (dataset, run) IN (SELECT dataset, run FROM runs)")
-    return con
+        for part in tables.part_files(catalog, name):
+            try:
+                pq.read_metadata(part)
+            except (OSError, pa.ArrowException):
+                bad.append(str(part))
+    return bad
+
+
+def _build_views(catalog: Catalog, db: Path) -> None:
+    """A database file with one view per report table that has rows of complete runs."""
+    con = duckdb.connect(str(db))
+    try:
+        if not tables.part_files(catalog, "runs"):
+            return  # no complete run yet: no views
+        con.execute(f"CREATE VIEW runs AS SELECT * FROM {_scan(catalog, 'runs')}")
+        for name in tables.TABLES:
+            if name == "runs" or not tables.part_files(catalog, name):
+                continue
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM {_scan(catalog, name)} "
+                        "WHERE (dataset, run) IN (SELECT dataset, run FROM runs)")
+    except duckdb.Error as e:
+        bad = _unreadable_parts(catalog)
+        if bad:
+            raise UserError(f"report partition {bad[0]} is not readable Parquet"
+                            f"{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}; delete "
+                            "its run=... folder (or rerun `aunet evaluate`) and query again") from None
+        raise UserError(f"cannot read the report tables under {catalog.reports}: "
+                        f"{_one_line(e)}") from None
+    finally:
+        con.close()
+
+
+@contextmanager
+def connect(catalog: Catalog) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only DuckDB connection with the report views, closed on exit.
+
+    The views live in a throwaway database file opened read-only (no CREATE, DROP, INSERT,
+    ATTACH of the in-memory kind); files outside the report folder cannot be opened
+    (enable_external_access off, allowed_directories the reports), extensions are neither
+    installed nor loaded, and lock_configuration keeps a query from setting any of it back.
+    `run_query` also refuses every statement that is not a read (COPY ... TO would otherwise
+    be allowed to write inside the report folder)."""
+    with tempfile.TemporaryDirectory(prefix="aunet-query-") as tmp:
+        db = Path(tmp) / "views.duckdb"
+        _build_views(catalog, db)
+        con = duckdb.connect(str(db), read_only=True,
+                             config={"autoinstall_known_extensions": False,
+                                     "autoload_known_extensions": False})
+        try:
+            reports = str(catalog.reports).rstrip("/") + "/"
+            con.execute("SET allowed_directories = [$1]", [reports])
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+            yield con
+        finally:
+            con.close()
+
+
+def _statement(con: duckdb.DuckDBPyConnection, sql: str):
+    """The one read-only statement `sql` holds; UserError otherwise."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as e:
+        raise UserError(f"query failed: {_one_line(e)}") from None
+    if not statements:
+        raise UserError(f"the query is empty; give one SQL statement, {EXAMPLE}")
+    if len(statements) > 1:
+        raise UserError(f"give one SQL statement at a time ({len(statements)} given)")
+    kind = statements[0].type.name
+    if kind not in READ_ONLY_STATEMENTS:
+        raise UserError(f"queries are read-only: a {kind} statement is refused; use SELECT "
+                        f"(report tables are written by the stages only), {EXAMPLE}")
+    return statements[0]
 
 
 def format_rows(columns: list[str], rows: list[tuple]) -> str:
@@ -55,18 +137,21 @@ def format_rows(columns: list[str], rows: list[tuple]) -> str:
 
 
 def run_query(catalog: Catalog, sql: str) -> str:
-    """Answer SQL over the report tables (views: runs, predictions, metrics, ...)."""
-    con = connect(catalog)
-    try:
-        res = con.execute(sql)
-    except duckdb.Error as e:
-        have = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()]
-        raise UserError(f"query failed: {e}\n(tables with data under {catalog.reports}: "
-                         f"{', '.join(have) or 'none'})") from None
-    if res.description is None:
+    """Answer one read-only SQL statement over the report tables (views: runs, predictions,
+    metrics, ...); UserError (one line) for an empty, writing or failing query."""
+    with connect(catalog) as con:
+        statement = _statement(con, sql)
+        try:
+            res = con.execute(statement.query)
+            columns = [d[0] for d in res.description] if res.description else []
+            rows = res.fetchmany(MAX_QUERY_ROWS + 1) if columns else []
+        except duckdb.Error as e:
+            have = [r[0] for r in con.execute(
+                "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()]
+            raise UserError(f"query failed: {_one_line(e)} (tables with data under "
+                            f"{catalog.reports}: {', '.join(have) or 'none'})") from None
+    if not columns:
         return "OK"
-    columns = [d[0] for d in res.description]
-    rows = res.fetchmany(MAX_QUERY_ROWS + 1)
     text = format_rows(columns, rows[:MAX_QUERY_ROWS])
     if len(rows) > MAX_QUERY_ROWS:
         text += f"\n... (more than {MAX_QUERY_ROWS} rows; add LIMIT or aggregate)"

@@ -99,3 +99,32 @@ def test_shipped_configs_load(name, layout):
 def test_demo_needs_provided_landmarks(tmp_path):
     with pytest.raises(ConfigError, match="provided"):
         load_config(CONFIGS / "demo.yaml", {"faces.detector": DetectorKind.SFD.value})
+
+
+def test_head_training_defaults_follow_the_reference():
+    """train_video_vae.py: AdamW(lr=0.0001, betas=(0.9, 0.999), weight_decay=0)."""
+    from pipeline.config import TrainConfig
+
+    t = TrainConfig()
+    assert t.weight_decay == 0.0 and t.lr == 1e-4 and t.epochs == 12 and t.batch_size == 64
+
+
+@pytest.mark.parametrize("key,value", [
+    ("faces.size", 0), ("faces.size", -64), ("train.batch_size", 0), ("prior.epochs", 0),
+    ("train.lr", -1), ("train.lr", float("nan")), ("train.temporal_offset", -3),
+    ("eval.bootstrap", -5), ("features.device", "tpu"), ("train.epochs", -1),
+    ("eval.threshold", 2.0), ("eval.threshold", 0.0), ("eval.threshold", 1.0),
+    ("train.max_steps_per_epoch", 0), ("prior.lr", 0), ("prior.lambdas", []),
+    ("train.weight_decay", -0.1), ("prior.batch_size", 0),
+])
+def test_settings_out_of_range_are_refused_by_name(tmp_path, key, value):
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, MINIMAL), {key: value})
+    assert key in str(e.value) and "run.yaml" in str(e.value)
+
+
+def test_settings_in_range_still_load(tmp_path):
+    cfg = load_config(_write(tmp_path, MINIMAL), {
+        "features.device": "cpu", "train.max_steps_per_epoch": 1, "eval.bootstrap": 0,
+        "train.temporal_offset": 0, "eval.threshold": 0.3})
+    assert cfg.features.device.value == "cpu" and cfg.train.max_steps_per_epoch == 1

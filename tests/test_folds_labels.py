@@ -93,8 +93,40 @@ def test_kfold_is_subject_exclusive_balanced_and_seeded():
     sizes = np.bincount(list(folds.values()))[1:]
     assert sizes.max() - sizes.min() <= 1
     assert kfold_of(subjects, 3, seed=0) == folds
+    assert kfold_of(list(reversed(subjects)), 3, seed=0) == folds  # input order does not matter
+    # the seed decides the folds: another seed, other folds (GroupKFold used to ignore it)
+    assert kfold_of(subjects, 3, seed=1) != folds
+    assert len({tuple(sorted(kfold_of(subjects, 3, seed=s).items())) for s in range(5)}) == 5
     with pytest.raises(ValueError, match="2 subjects cannot make 3"):
         kfold_of(["a", "b"], 3)
+
+
+# Golden: subjects with these frame counts, seed 0. The seeded order is SHA-256("0:name"):
+# F002 F003 M003 M002 M001 F004 F001; each goes to the fold with the fewest frames so far:
+# F002 3 -> 1 (3,0,0); F003 6 -> 2 (3,6,0); M003 4 -> 3 (3,6,4); M002 2 -> 1 (5,6,4);
+# M001 8 -> 3 (5,6,12); F004 7 -> 1 (12,6,12); F001 5 -> 2 (12,11,12). A change here changes
+# every k-fold user's splits: it must be on purpose.
+GOLDEN_FRAMES = {"F001": 5, "F002": 3, "M001": 8, "M002": 2, "F003": 6, "M003": 4, "F004": 7}
+GOLDEN_SEED0 = {"F002": 1, "F003": 2, "M003": 3, "M002": 1, "M001": 3, "F004": 1, "F001": 2}
+GOLDEN_SEED7 = {"F002": 1, "M003": 2, "F003": 3, "M001": 1, "M002": 2, "F004": 3, "F001": 2}
+
+
+def test_kfold_golden_assignment():
+    frames = [s for s, n in GOLDEN_FRAMES.items() for _ in range(n)]
+    assert kfold_of(frames, 3, seed=0) == GOLDEN_SEED0
+    assert kfold_of(frames, 3, seed=7) == GOLDEN_SEED7
+    per_fold = np.bincount([GOLDEN_SEED0[s] for s in frames])[1:]
+    assert per_fold.tolist() == [12, 11, 12]  # balanced by frames
+
+
+def test_assign_folds_uses_dataset_fold_seed():
+    frames = [s for s, n in GOLDEN_FRAMES.items() for _ in range(n)]
+    df = pd.DataFrame({"subject": frames})
+    for seed, golden in ((0, GOLDEN_SEED0), (7, GOLDEN_SEED7)):
+        cfg = DatasetConfig(name="k", layout=Layout.MANIFEST, root=Path("/x"), au_set=AUSet.BP4D,
+                            folds=FoldScheme.KFOLD, fold_seed=seed)
+        out = assign_folds(df, cfg, ManifestReport())
+        assert out["fold"].tolist() == [golden[s] for s in frames]
 
 
 @pytest.mark.parametrize("policy", list(OnBadInput))

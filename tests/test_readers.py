@@ -462,3 +462,25 @@ def test_bp4d_duplicate_frame_names_file_and_line(bp4d, tmp_path):
               tmp_path)
     with pytest.raises(ManifestError, match=r"first at line 2"):
         build(bp4d(), tmp_path)
+
+
+@pytest.mark.parametrize("header,row,reason,where", [
+    ("subject,image_path,fold,box_x0,box_y0,box_x1,box_y1,AU01",
+     "S2,img/a.jpg,1,abc,0,10,10,0", "bad_box", "manifest.csv:3: column box_x0 = 'abc'"),
+    ("subject,image_path,fold,landmarks,AU01",
+     "S2,img/a.jpg,1,left eye right eye,0", "bad_landmarks", "manifest.csv:3: column landmarks"),
+    ("subject,image_path,fold,AU01", "S2,img/a.jpg,300,0", "bad_fold",
+     "manifest.csv:3: column fold = '300'"),
+])
+def test_generic_text_in_numeric_columns_names_file_row_and_column(generic, tmp_path, header,
+                                                                   row, reason, where):
+    first = {"bad_box": "S1,img/a.jpg,1,0,0,10,10,1", "bad_landmarks": "S1,img/a.jpg,1,,1"}
+    check_bad(generic, lambda r: _write_rows(r, header, [first.get(reason, "S1,img/a.jpg,1,1"), row]),
+              reason, where, 1, 1, tmp_path)
+
+
+def test_list_frame_names_with_non_ascii_digits(tmp_path, write_image):
+    from pipeline.datasets.listfmt import identity
+
+    assert identity(Path("S1/T1/0012.jpg"), 7) == ("S1", "T1", 12)
+    assert identity(Path("S1/T1/\u00b2.jpg"), 7) == ("T1", "", 7)  # '²' is no frame number

@@ -1,6 +1,7 @@
 """AU-VAE label prior: architecture, losses, frozen encoder, real-label behaviour, prior stage."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -62,21 +63,36 @@ def test_kl_zero_at_standard_normal():
     assert float(kl_normal(torch.ones(1, 2), torch.zeros(1, 2))[0]) == pytest.approx(1.0)
 
 
-def test_consistency_forms_exact_and_unknown_rows_skipped():
-    torch.manual_seed(0)
-    enc = FrozenEncoder(LabelVAE(4, 3))
-    logits = torch.randn(3, 4)
-    y = torch.tensor([[1.0, 0, 0, 1], [0, float("nan"), 1, 0], [1, 1, 0, 0]])
-    keep = [0, 2]
-    mu_p, lv_p = enc(torch.sigmoid(logits[keep]))
-    mu_g, lv_g = enc(y[keep])
-    paper = ((mu_p - mu_g) ** 2).sum(1) + ((lv_p.exp() - lv_g.exp()) ** 2).sum(1)
-    loss, n = consistency_loss(logits, y, enc, ConsistencyForm.PAPER)
-    assert n == 2 and float(loss) == pytest.approx(float(paper.mean()), rel=1e-6)
-    code = ((mu_p - mu_g) ** 2).mean() + lv_p.exp().mean()
+def _hand_encoder() -> FrozenEncoder:
+    """An encoder whose outputs are easy by hand: L = 2 AUs, k = 1 latent dim,
+    h = relu(y1 + y2), mu = h, logvar = 2 h (so sigma = exp(h), variance = exp(2 h))."""
+    vae = LabelVAE(2, 1)
+    with torch.no_grad():
+        vae.fc1.weight.copy_(torch.tensor([[1.0, 1.0]]))
+        vae.fc1.bias.zero_()
+        vae.fc21.weight.fill_(1.0)
+        vae.fc21.bias.zero_()
+        vae.fc22.weight.fill_(2.0)
+        vae.fc22.bias.zero_()
+    return FrozenEncoder(vae)
+
+
+def test_consistency_forms_against_hand_computed_values():
+    """Logits 0 -> p = (0.5, 0.5): h_p = 1, mu_p = 1, logvar_p = 2 (sigma_p = e, var_p = e^2).
+    Row 0, labels (1, 1): mu_g = 2, var_g = e^4. Row 1, labels (0, 0): mu_g = 0, var_g = 1.
+    Row 2 has an unknown label: left out."""
+    enc = _hand_encoder()
+    logits = torch.zeros(3, 2)
+    y = torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.0, float("nan")]])
+    e = math.e
+    # code form (the reference): mse(mu) = ((1-2)^2 + (1-0)^2) / 2 = 1; mean(sigma_p) = e
     loss, n = consistency_loss(logits, y, enc, ConsistencyForm.CODE)
-    assert n == 2 and float(loss) == pytest.approx(float(code), rel=1e-6)
-    loss, n = consistency_loss(logits[1:2], y[1:2], enc)
+    assert n == 2 and float(loss) == pytest.approx(1 + e, rel=1e-6)  # 3.71828..., not 1 + e^2
+    # paper form, variances: row 0: 1 + (e^2 - e^4)^2; row 1: 1 + (e^2 - 1)^2; their mean
+    paper = ((1 + (e ** 2 - e ** 4) ** 2) + (1 + (e ** 2 - 1) ** 2)) / 2
+    loss, n = consistency_loss(logits, y, enc, ConsistencyForm.PAPER)
+    assert n == 2 and float(loss) == pytest.approx(paper, rel=1e-5)
+    loss, n = consistency_loss(logits[2:], y[2:], enc)
     assert n == 0 and float(loss) == 0.0
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.aus import au_column
-from pipeline.config import DatasetConfig
+from pipeline.config import DatasetConfig, FoldScheme
 from pipeline.errors import MissingInput
 from pipeline.manifest import BOX_COLUMNS, ManifestError, ManifestReport
 from pipeline.video import frame_count
@@ -88,8 +88,17 @@ def _load(path: Path) -> pd.DataFrame:
 def _parse_landmarks(value, where: str, report: ManifestReport):
     if not isinstance(value, (list, np.ndarray)) and _blank(value):
         return None
-    pts = (np.asarray(value, dtype=np.float32) if not isinstance(value, str)
-           else np.array(value.replace(",", " ").split(), dtype=np.float32))
+    try:
+        pts = (np.asarray(value, dtype=np.float32) if not isinstance(value, str)
+               else np.array(value.replace(",", " ").split(), dtype=np.float32))
+    except (TypeError, ValueError):
+        shown = value if isinstance(value, str) else type(value).__name__
+        report.bad("bad_landmarks", where, f"column landmarks = {str(shown)[:40]!r}; expected "
+                   "numbers 'x0 y0 x1 y1 ...' (5 or 68 points)")
+        return "drop"
+    if not np.isfinite(pts).all():
+        report.bad("bad_landmarks", where, "column landmarks holds a non-finite number")
+        return "drop"
     if pts.size not in (10, 136):
         report.bad("bad_landmarks", where, f"landmarks need 5 or 68 (x, y) points, got {pts.size} values")
         return "drop"
@@ -123,20 +132,32 @@ def read(cfg: DatasetConfig, report: ManifestReport) -> pd.DataFrame:
                 bad = True
                 break
         for c in ("fold", "frame", "video_frame"):
-            if c in out:
+            if c in out and not bad:
                 try:
                     out[c] = _int(out[c])
                     if out[c] < 0:
                         raise ValueError(out[c])
-                except ValueError:
+                except (TypeError, ValueError, OverflowError):
                     report.bad(f"bad_{c}", where, f"column {c} = {rec[c]!r}; expected an integer "
                                ">= 0")
                     bad = True
                     break
+        if not bad and "fold" in out and cfg.folds is FoldScheme.COLUMN and out["fold"] > cfg.n_folds:
+            report.bad("bad_fold", where, f"column fold = {rec['fold']!r}; with folds: column and "
+                       f"dataset.n_folds {cfg.n_folds} a fold is 0 (never a test frame) .. "
+                       f"{cfg.n_folds}; fix the value or set dataset.n_folds")
+            bad = True
         for c in BOX_COLUMNS:
-            if c in out:
-                out[c] = float(out[c])
-        if "landmarks" in rec:
+            if c in out and not bad:
+                try:
+                    out[c] = float(str(out[c]).strip())
+                    if not np.isfinite(out[c]):
+                        raise ValueError(out[c])
+                except (TypeError, ValueError):
+                    report.bad("bad_box", where, f"column {c} = {rec[c]!r}; expected a number "
+                               "(pixels)")
+                    bad = True
+        if "landmarks" in rec and not bad:
             lm = _parse_landmarks(rec["landmarks"], where, report)
             bad |= lm == "drop"
             out["landmarks"] = None if lm == "drop" else lm

@@ -9,6 +9,7 @@ name when it is an integer, else the line number.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +19,7 @@ from pipeline.errors import ConfigError, MissingInput
 from pipeline.manifest import ManifestError, ManifestReport
 
 ALPHABET = {"0": 0, "1": 1}
+_FRAME_NUMBER = re.compile(r"[0-9]+")  # a file name that is a frame number
 
 
 def _lines(path: Path | None, key: str) -> list[str]:
@@ -37,9 +39,11 @@ def _lines(path: Path | None, key: str) -> list[str]:
 def identity(rel: Path, line_no: int) -> tuple[str, str, int]:
     """(subject, session, frame) from an image path, as the module docstring says."""
     parts = rel.parts
-    if rel.stem.isdigit() and len(parts) >= 3:
+    # ASCII digits only: str.isdigit() also accepts '²' or '①', which int() refuses
+    numeric = _FRAME_NUMBER.fullmatch(rel.stem) is not None
+    if numeric and len(parts) >= 3:
         return parts[-3], parts[-2], int(rel.stem)
-    frame = int(rel.stem) if rel.stem.isdigit() else line_no
+    frame = int(rel.stem) if numeric else line_no
     return rel.parent.name, "", frame
 
 

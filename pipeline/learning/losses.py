@@ -49,8 +49,9 @@ def consistency_loss(logits: torch.Tensor, y: torch.Tensor, encoder,
     """L_cons between predictions and labels in the frozen encoder's latent space (Eq. 3).
 
     PAPER: mean over rows of ||mu_p - mu_g||^2 + ||Sigma_p - Sigma_g||^2, with Sigma the
-    diagonal covariance exp(logvar). CODE (the reference code): mse(mu_p, mu_g) + mean(Sigma_p),
-    Sigma_g unused. p = encoder(sigmoid(logits)), g = encoder(labels). A full-label prior skips
+    diagonal of the covariance of N(mu, Sigma), i.e. the variance exp(logvar). CODE (the
+    reference code): mse(mu_p, mu_g) + mean(sigma_p) with sigma = exp(0.5 * logvar), the standard
+    deviation its VAE returns in eval mode; sigma_g unused. p = encoder(sigmoid(logits)), g = encoder(labels). A full-label prior skips
     rows with any unknown label; a partial-label prior (`encoder.masked`) reads both under the
     labels' mask and skips only rows with no label. Returns (loss, rows used); no usable row: a
     zero attached to the graph.
@@ -70,5 +71,6 @@ def consistency_loss(logits: torch.Tensor, y: torch.Tensor, encoder,
     if ConsistencyForm(form) is ConsistencyForm.PAPER:
         loss = ((mu_p - mu_g).pow(2).sum(1) + (logvar_p.exp() - logvar_g.exp()).pow(2).sum(1)).mean()
     else:
-        loss = F.mse_loss(mu_p, mu_g) + logvar_p.exp().mean()
+        # the reference's VAE returns sigma = exp(0.5 * logvar) (models/AE.py), not the variance
+        loss = F.mse_loss(mu_p, mu_g) + torch.exp(0.5 * logvar_p).mean()
     return loss, n
