@@ -184,7 +184,7 @@ class Catalog:
             raise StoreLocked(f"{what} in {self.root}{f' ({holder})' if holder else ''}; wait for "
                               "it to finish, or point this run at another store") from None
         if shared:  # no writer of (dataset, stage) now: undo a replacement a kill interrupted
-            sub = STAGE_DIRS.get(stage)
+            sub = Stage(stage).folder
             if sub:
                 try:
                     recover_dirs(self.dataset_dir(dataset) / sub)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import FacesConfig
-from pipeline.detect import Detections, Detector, DetectorKind, FaceStatus
+from pipeline.config import DetectorKind
+from pipeline.faces.types import Detections, Detector, FaceStatus
 from pipeline.video import MediaError
 from stages import faces_frames
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from pipeline.config import DetectorKind, FacesConfig
-from pipeline.detect import DetectorError
+from pipeline.faces.types import DetectorError
 from store.identity import detector_files
 
 
