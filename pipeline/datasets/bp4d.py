@@ -74,68 +74,82 @@ def _au_columns(path: Path, header: list[str], numbers: tuple[int, ...],
 
 def _read_file(path: Path, subject: str, task: str, cfg: DatasetConfig, report: ManifestReport,
                frames_dir: Path) -> list[dict]:
-    rows = _read_rows(path, report)
-    if rows is None:
+    """The rows of one {subject}_{task}.csv whose labels and image are usable; every other line
+    is reported by reason (the file and line named)."""
+    table = _labelled_lines(path, cfg, report)
+    if table is None:
         return []
-    if not rows:
-        report.bad("empty_label_file", str(path), "the label file has no rows")
-        return []
-    (_, header), data = rows[0], rows[1:]
-    cols = _au_columns(path, header, cfg.au_set.numbers, report, len(data))
-    if cols is None:
-        return []
-    if not data:  # a header and no rows: a whole subject-task would vanish without a word
-        report.bad("empty_label_file", str(path), "the label file has a header but no rows")
-        return []
+    header, cols, data = table
     folder = frames_dir / subject / task
     if not folder.is_dir():
         report.bad("no_image", f"{path}:{data[0][0]}", f"image folder not found: {folder} "
                    f"({len(data)} labelled frames)", n=len(data))
         return []
     images, ambiguous = index_frames(folder, cfg.image_ext)
-    out, used = [], set()
-    first_line: dict[int, int] = {}  # frame -> line it was first listed on
+    out, first_line = [], {}  # first_line: frame -> line it was first listed on
     for line, fields in data:
-        where = f"{path}:{line}"
-        if len(fields) != len(header):
-            report.bad("wrong_column_count", where, f"{len(fields)} fields, the header has {len(header)}")
+        rec = _parse_line(f"{path}:{line}", fields, header, cols, first_line, report)
+        if rec is None:
             continue
-        frame_text = fields[0].strip()
-        if not frame_text.isdigit():
-            report.bad("bad_frame_number", where, f"frame number {frame_text!r} is not an integer")
-            continue
-        frame = int(frame_text)
-        if frame in first_line:
-            report.bad("duplicate_frame", where, f"frame {frame} is listed again (first at line "
-                       f"{first_line[frame]}); the first is kept")
-            continue
+        frame = rec["frame"]
         first_line[frame] = line
-        rec: dict = {"subject": subject, "session": task, "video_id": f"{subject}/{task}",
-                     "frame": frame}
-        bad = False
-        for col, i in cols.items():
-            v = fields[i].strip()
-            if v not in ALPHABET:
-                report.bad("label_out_of_alphabet", where, f"{col} = {v!r}; BP4D labels are 0, 1 "
-                           "or 9 (unknown)")
-                bad = True
-                break
-            rec[col] = ALPHABET[v]
-        if bad:
-            continue
         if frame in ambiguous:
             names = ", ".join(p.name for p in ambiguous[frame])
-            report.bad("ambiguous_image", where, f"frame {frame} has several images in {folder}: {names}")
+            report.bad("ambiguous_image", f"{path}:{line}", f"frame {frame} has several images in {folder}: {names}")
             continue
         if frame not in images:
-            report.bad("no_image", where, f"no image for frame {frame} in {folder}")
+            report.bad("no_image", f"{path}:{line}", f"no image for frame {frame} in {folder}")
             continue
-        rec["image_path"] = str(images[frame])
-        used.add(frame)
-        out.append(rec)
-    if len(images) > len(used):
-        report.note(NOTE_UNCODED, len(images) - len(used))
+        out.append({"subject": subject, "session": task, "video_id": f"{subject}/{task}", **rec,
+                    "image_path": str(images[frame])})
+    if len(images) > len(out):
+        report.note(NOTE_UNCODED, len(images) - len(out))
     return out
+
+
+def _labelled_lines(path: Path, cfg: DatasetConfig, report: ManifestReport):
+    """(header, AU column -> field index, [(line, fields)]) of a label file, None (reported)
+    when it is unreadable, empty or lacks the AU set's columns."""
+    rows = _read_rows(path, report)
+    if rows is None:
+        return None
+    if not rows:
+        report.bad("empty_label_file", str(path), "the label file has no rows")
+        return None
+    (_, header), data = rows[0], rows[1:]
+    cols = _au_columns(path, header, cfg.au_set.numbers, report, len(data))
+    if cols is None:
+        return None
+    if not data:  # a header and no rows: a whole subject-task would vanish without a word
+        report.bad("empty_label_file", str(path), "the label file has a header but no rows")
+        return None
+    return header, cols, data
+
+
+def _parse_line(where: str, fields: list[str], header: list[str], cols: dict[str, int],
+                first_line: dict[int, int], report: ManifestReport) -> dict | None:
+    """{frame, AUxx...} of one label line; None (reported at `where`) when it is unusable."""
+    if len(fields) != len(header):
+        report.bad("wrong_column_count", where, f"{len(fields)} fields, the header has {len(header)}")
+        return None
+    frame_text = fields[0].strip()
+    if not frame_text.isdigit():
+        report.bad("bad_frame_number", where, f"frame number {frame_text!r} is not an integer")
+        return None
+    frame = int(frame_text)
+    if frame in first_line:
+        report.bad("duplicate_frame", where, f"frame {frame} is listed again (first at line "
+                   f"{first_line[frame]}); the first is kept")
+        return None
+    rec: dict = {"frame": frame}
+    for col, i in cols.items():
+        v = fields[i].strip()
+        if v not in ALPHABET:
+            report.bad("label_out_of_alphabet", where, f"{col} = {v!r}; BP4D labels are 0, 1 "
+                       "or 9 (unknown)")
+            return None
+        rec[col] = ALPHABET[v]
+    return rec
 
 
 def read(cfg: DatasetConfig, report: ManifestReport) -> pd.DataFrame:
