@@ -63,13 +63,15 @@ def _stage(args: argparse.Namespace) -> int:
 
 def _flow(args: argparse.Namespace) -> int:
     from flows.full import run_full_flow  # Prefect is imported only here
+    from flows.server import temporary_server
 
     config = Path(args.config) if args.command == "run" else DEMO_CONFIG
     overrides = _overrides(args.set)
     if args.command == "demo" and args.store:
         overrides["store"] = str(Path(args.store).resolve())
     cfg = load_config(config, overrides)  # a bad config is said here, before Prefect starts
-    ok, message = run_full_flow(config_path=str(config), overrides=overrides, force=args.force)
+    with temporary_server():  # stops with this process, even when it is killed (flows/server.py)
+        ok, message = run_full_flow(config_path=str(config), overrides=overrides, force=args.force)
     code = 0 if ok else EXIT_FAILED
     if ok and args.command == "demo":
         try:
