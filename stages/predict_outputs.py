@@ -2,9 +2,11 @@
 
 Tables (docs/predict.md, "Output columns"): video layout `frame, face_id, timestamp, confidence,
 success`, image layout `file, face, confidence, success`; then the face box, the 5 keypoints,
-`AUxx_c` (0/1 at the bundle's threshold) and `AUxx_p` (probability, 4 decimals) for the bundle's
-AUs. A frame without a face has a row with `success = 0` and empty AU cells (never 0). CSV uses
-OpenFace's `, ` separator. Every file is written atomically.
+`AUxx_c` (0/1 at the bundle's threshold) and `AUxx_p` (probability) for the bundle's AUs, and
+`reason` (why a row has `success = 0`: no face, or the frame could not be decoded; empty where a
+face was found). A frame without a face has a row with `success = 0` and empty AU cells (never 0).
+CSV uses OpenFace's `, ` separator and fixed decimals (timestamps 3, pixel coordinates 1, every
+other number 4), never scientific notation. Every file is written atomically.
 """
 from __future__ import annotations
 
@@ -23,20 +25,30 @@ BOX_COLUMNS = ["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]
 KP_COLUMNS = [f"kp_x_{i}" for i in range(5)] + [f"kp_y_{i}" for i in range(5)]
 CSV_SEP = ", "
 UNTRAINED_COLUMN = "untrained_backbone"  # 1 on every row of a random-weight bundle's output
+REASON_COLUMN = "reason"  # why success = 0 (pipeline.predict.predictor.NO_FACE or a decode error)
+# Decimals written in CSV (exact at any magnitude, unlike %g's significant digits: 1000.333 s
+# and 1000.667 s are both "1001" in %.4g). Pixel coordinates (any column starting with one of
+# these prefixes) to 0.1 px, timestamps to the millisecond, every other float to 4 decimals.
+TIMESTAMP_DECIMALS, PIXEL_DECIMALS, OTHER_DECIMALS = 3, 1, 4
+PIXEL_PREFIXES = ("bbox_", "kp_", "x_", "y_")
 
 
 def table(rows: Iterable[Row], aus: list[str], thresholds: dict[str, float], *, fps: float | None,
-          files: list[str] | None = None, random_weights: bool = False) -> pd.DataFrame:
-    """The output table. fps: video layout with timestamps; files: image layout (one per row)."""
+          files: list[str] | None = None, random_weights: bool = False,
+          times: dict[int, float] | None = None) -> pd.DataFrame:
+    """The output table. fps: video layout with timestamps (each frame's presentation time from
+    `times` where given, else index / fps); files: image layout (one per row)."""
     recs = []
     for i, r in enumerate(rows):
         rec = {} if files is None else {"file": files[i]}
         if files is None:
             rec |= {"frame": r.frame + 1, "face_id": r.face_id,
-                    "timestamp": round(r.frame / fps, 3) if fps else float("nan")}
+                    "timestamp": round(times[r.frame] if times else r.frame / fps, 3)
+                    if fps else float("nan")}
         else:
             rec["face"] = r.face_id
         rec |= {"confidence": r.score if r.success else 0.0, "success": int(r.success)}
+        rec[REASON_COLUMN] = r.reason
         rec |= dict(zip(BOX_COLUMNS, np.round(r.box.astype(float), 1)))
         rec |= dict(zip(KP_COLUMNS, np.round(np.concatenate([r.kp[:, 0], r.kp[:, 1]]).astype(float), 1)))
         for j, au in enumerate(aus):
@@ -46,7 +58,7 @@ def table(rows: Iterable[Row], aus: list[str], thresholds: dict[str, float], *, 
         recs.append(rec)
     prefix = ["file", "face"] if files is not None else ["frame", "face_id", "timestamp"]
     order = [*prefix, "confidence", "success", *BOX_COLUMNS, *KP_COLUMNS,
-             *[f"{au}_c" for au in aus], *[f"{au}_p" for au in aus]]
+             *[f"{au}_c" for au in aus], *[f"{au}_p" for au in aus], REASON_COLUMN]
     df = pd.DataFrame(recs, columns=order)
     for au in aus:  # nullable ints: an empty cell, never 0, where no face was found
         df[f"{au}_c"] = df[f"{au}_c"].astype("Int8")
@@ -60,8 +72,25 @@ def write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
         if fmt == "parquet":
             df.to_parquet(tmp, index=False)
         else:
-            text = df.to_csv(index=False, sep="\x1f", na_rep="", float_format="%.4g")
+            text = fixed_decimals(df).to_csv(index=False, sep="\x1f", na_rep="")
             tmp.write_text(text.replace("\x1f", CSV_SEP))
+
+
+def decimals(column: str) -> int:
+    if column == "timestamp":
+        return TIMESTAMP_DECIMALS
+    return PIXEL_DECIMALS if column.startswith(PIXEL_PREFIXES) else OTHER_DECIMALS
+
+
+def fixed_decimals(df: pd.DataFrame) -> pd.DataFrame:
+    """Float columns as text with `decimals(column)` places (empty where NaN)."""
+    out = df.copy()
+    for c in df.columns:
+        if pd.api.types.is_float_dtype(df[c]):
+            v = df[c].to_numpy(float)
+            text = np.char.mod(f"%.{decimals(c)}f", np.nan_to_num(v))
+            out[c] = np.where(np.isnan(v), "", text)
+    return out
 
 
 def _runs(frames: np.ndarray) -> list[tuple[int, int]]:

@@ -32,7 +32,11 @@ from stages.contract import Plan, UnitResult  # noqa: F401  (re-exported)
 from store.catalog import Catalog, Stage
 
 STAGES = tuple(s.value for s in Stage)  # in pipeline order (store.catalog.Stage)
-TOOLS = ("predict",)  # unit-based commands outside the dataset pipeline, same failure policy
+# Unit-based commands outside the dataset pipeline (same failure policy): they hand their own
+# `run_unit` function to run_unit / run_units (`fn`), so the command line and their Prefect flow
+# call one function (stages.predict.run).
+TOOLS = ("predict",)
+UnitFn = Callable[..., dict]
 
 
 def module(stage: str):
@@ -51,12 +55,14 @@ def set_threads(threads: int | None) -> None:
 
 
 def run_unit(stage: str, cfg: RunConfig, catalog: Catalog, unit: Any,
-             progress: Callable[[int], None] | None = None, threads: int | None = None) -> UnitResult:
-    """One unit under the failure policy: never raises for the unit's own failure."""
+             progress: Callable[[int], None] | None = None, threads: int | None = None,
+             fn: UnitFn | None = None) -> UnitResult:
+    """One unit under the failure policy: never raises for the unit's own failure. `fn`: the
+    unit function (default: the stage module's `run_unit`)."""
     set_threads(threads)
     t0 = time.perf_counter()
     try:
-        data = module(stage).run_unit(cfg, catalog, unit, progress)
+        data = (fn or module(stage).run_unit)(cfg, catalog, unit, progress)
         return UnitResult(unit.name, True, time.perf_counter() - t0, data or {})
     except UserError as e:
         return UnitResult(unit.name, False, time.perf_counter() - t0,
@@ -90,7 +96,7 @@ def _cores() -> int:
 
 
 def run_units(stage: str, cfg: RunConfig, catalog: Catalog, units: list, *,
-              progress: bool = True, client=None) -> list[UnitResult]:
+              progress: bool = True, client=None, fn: UnitFn | None = None) -> list[UnitResult]:
     """Every unit, in-process in order or over a dask.distributed client; never raises for a
     unit's failure (each comes back as a failed UnitResult)."""
     if not units:
@@ -101,13 +107,13 @@ def run_units(stage: str, cfg: RunConfig, catalog: Catalog, units: list, *,
         if client is None:
             for u in units:
                 before = bar.n
-                res = run_unit(stage, cfg, catalog, u, bar.update if progress else None)
+                res = run_unit(stage, cfg, catalog, u, bar.update if progress else None, fn=fn)
                 bar.update(max(u.size - (bar.n - before), 0))  # units that report no progress
                 results.append(res)
         else:
             from distributed import as_completed
 
-            futures = {client.submit(run_unit, stage, cfg, catalog, u, None, task_threads(cfg),
+            futures = {client.submit(run_unit, stage, cfg, catalog, u, None, task_threads(cfg), fn,
                                      pure=False, key=f"{stage}-{u.name}-{time.time_ns()}"): u
                        for u in units}
             for fut in as_completed(futures):

@@ -167,6 +167,13 @@ class Catalog:
             yield
 
     @contextmanager
+    def read_lock(self, dataset: str, stage: str, by: str) -> Iterator[None]:
+        """A shared lock on (dataset, stage) alone, for a command `by` that reads its artifacts
+        outside any stage (export reads a head that `train --force` may be replacing)."""
+        with self._flock(dataset, stage, shared=True, by=(dataset, by)):
+            yield
+
+    @contextmanager
     def _flock(self, dataset: str, stage: str, shared: bool, by: tuple[str, str]) -> Iterator[None]:
         fh = self._open_lock(self._lock_file(dataset, stage))
         if fh is None:

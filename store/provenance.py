@@ -31,7 +31,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import StoreWriteError
+from pipeline.errors import StoreWriteError, UserError
 from pipeline.hashing import file_sha256
 
 RANDOM_WEIGHTS_BANNER = (
@@ -147,6 +147,21 @@ def recover_dirs(base: Path) -> list[Path]:
         if recover_dir(final) is not None:
             out.append(aside)
     return out
+
+
+def output_folder(path: Path, flag: str = "--out") -> Path:
+    """`path` as a folder to write into, created if missing; a user error when it, or a folder
+    above it, is a regular file."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise UserError(f"{flag} {path}: {p} is a file, not a folder; give a folder (it is "
+                            "created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreWriteError(f"cannot create {flag} {path}: {e.strerror or e}") from None
+    return path
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -10,11 +10,16 @@ A bundle is a folder:
     fan.pth          the frozen FAN's weights (copied; absent for the random-weight opt-in)
     detector/        the face detector's weight files (copied)
 
-Every file's SHA-256 is in model.json and checked when the bundle loads. A bundle made from the
-randomly initialised backbone says so, and loading it needs an explicit opt-in.
+Every file's SHA-256 is in model.json and checked when the bundle loads. model.json also holds
+`spec_digest`, the SHA-256 of its own semantic fields (everything but `provenance`: thresholds, AU
+order, crop, T, ...): a hand-edited model.json is refused until its owner accepts the edit on
+purpose (`aunet models --accept-edit BUNDLE` re-signs it; tuned thresholds are a legitimate
+edit). A bundle made from the randomly initialised backbone says so, and loading it needs an
+explicit opt-in.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from enum import Enum
 from pathlib import Path
@@ -81,9 +86,24 @@ class BundleSpec(Strict):
     detector: DetectorSpec = DetectorSpec()
     random_weights: bool = False
     provenance: dict = Field(default_factory=dict)
+    spec_digest: Optional[str] = None  # semantic_digest(self), set when the bundle is written
 
 
-def read_spec(folder: Path) -> BundleSpec:
+UNSIGNED = {"provenance", "spec_digest"}  # fields outside the digest: a note, and itself
+
+
+def semantic_digest(spec: BundleSpec) -> str:
+    """SHA-256 of the fields that decide what the bundle computes (canonical JSON)."""
+    fields = json.loads(spec.model_dump_json(exclude=UNSIGNED))
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def signed(spec: BundleSpec) -> BundleSpec:
+    """The spec with its digest, as it is written."""
+    return spec.model_copy(update={"spec_digest": semantic_digest(spec)})
+
+
+def read_spec(folder: Path, *, check_digest: bool = True) -> BundleSpec:
     path = Path(folder) / SPEC_FILE
     if not path.is_file():
         raise BundleError(f"{folder} is not a model bundle (no {SPEC_FILE}); make one with "
@@ -97,10 +117,27 @@ def read_spec(folder: Path) -> BundleSpec:
                           f"{raw.get('format_version')!r}; this version reads {FORMAT} "
                           f"{FORMAT_VERSION}")
     try:
-        return BundleSpec.model_validate(raw)
+        spec = BundleSpec.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
         raise BundleError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    if check_digest and spec.spec_digest != semantic_digest(spec):
+        what = ("records no digest of its settings (made before bundles did)" if spec.spec_digest
+                is None else "was edited: its settings (thresholds, AUs, crop, ...) differ from "
+                "those the bundle was made with")
+        raise BundleError(f"{path} {what}; if you changed it on purpose, accept it with "
+                          f"`aunet models --accept-edit {folder}`, else export or import the "
+                          "bundle again")
+    return spec
+
+
+def verify_files(folder: Path, spec: BundleSpec) -> None:
+    """Every file model.json records is there with its bytes (BundleError naming the first
+    that is not)."""
+    _check(folder, HEAD_FILE, spec.head_sha256)
+    if spec.backbone.sha256 is not None:
+        _check(folder, FAN_FILE, spec.backbone.sha256)
+    detector_config(folder, spec)
 
 
 def bundle_id(folder: Path) -> str:

@@ -2,7 +2,9 @@
 
 `Engine` holds a bundle's frozen FAN and head. `predict_stream(frames, ...)` turns an iterator
 of (index, RGB image) into one `Row` per face per frame (or one `success = False` row for a
-frame without a face), in frame order, with bounded memory whatever the video's length:
+frame without a face), in frame order, with bounded memory whatever the video's length. A
+frame that could not be decoded comes in as an `Unreadable` and gets its `success = False` row
+with the reason; its neighbours treat it as a frame without a face.
 
 - static heads are answered frame by frame;
 - temporal heads, `cached`: each face crop's features are kept for 2T + 1 frames, so frame t is
@@ -44,6 +46,16 @@ class Face:
     crop: np.ndarray  # (S, S, 3) uint8
 
 
+NO_FACE = "no face"  # the reason of a success = False row whose frame was read
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """In place of a frame's image: it could not be decoded (the reason names file and why)."""
+
+    reason: str
+
+
 @dataclass
 class Row:
     frame: int
@@ -54,6 +66,7 @@ class Row:
     kp: np.ndarray = field(default_factory=lambda: np.full((5, 2), np.nan, np.float32))
     probs: Optional[np.ndarray] = None  # (L,) probabilities
     crop: Optional[np.ndarray] = None  # (S, S, 3) uint8, kept only when asked for
+    reason: str = ""  # why success is False (NO_FACE, or the decode error)
 
 
 class Engine:
@@ -134,6 +147,7 @@ def predict_stream(frames: Iterator[tuple[int, np.ndarray]], engine: Engine, det
     pending: deque[tuple[int, list[Face]]] = deque()  # frames not answered yet
     feats: dict[tuple[int, int], torch.Tensor] = {}  # (face id, frame) -> features (cached)
     images: dict[int, tuple[np.ndarray, list[Face]]] = {}  # frame -> (image, faces) (exact)
+    unreadable: dict[int, str] = {}  # frame -> reason, until its row is out
     last = -1
     source = iter(frames)
     done = False
@@ -146,13 +160,22 @@ def predict_stream(frames: Iterator[tuple[int, np.ndarray]], engine: Engine, det
                 break
         done = len(chunk) < DETECT_BATCH
         timing["decode"] += time.perf_counter() - t0
+        for index, image in chunk:
+            if isinstance(image, Unreadable):
+                unreadable[index] = image.reason
+        chunk_ok = [(i, img) for i, img in chunk if i not in unreadable]
         if chunk:
             t0 = time.perf_counter()
-            dets = detector.detect_batch([img for _, img in chunk])
+            dets = iter(detector.detect_batch([img for _, img in chunk_ok]) if chunk_ok else [])
             timing["detect"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             new: list[Face] = []
-            for (index, image), d in zip(chunk, dets):
+            for index, image in chunk:
+                if index in unreadable:
+                    pending.append((index, []))
+                    last = index
+                    continue
+                d = next(dets)
                 pick = tracker.update(index, d) if tracker else [(0, k) for k in largest(d, min_face_px)]
                 faces = _faces_of(engine, index, image, d, pick)
                 pending.append((index, faces))
@@ -168,7 +191,7 @@ def predict_stream(frames: Iterator[tuple[int, np.ndarray]], engine: Engine, det
         ready = []
         while pending and (done or pending[0][0] + T <= last):
             ready.append(pending.popleft())
-        yield from _answer(engine, ready, feats, images, T, keep_crops, timing)
+        yield from _answer(engine, ready, feats, images, T, keep_crops, unreadable)
         oldest = pending[0][0] - T if pending else last + 1
         for key in [k for k in feats if k[1] < oldest]:
             del feats[key]
@@ -176,7 +199,8 @@ def predict_stream(frames: Iterator[tuple[int, np.ndarray]], engine: Engine, det
             del images[key]
 
 
-def _answer(engine: Engine, ready, feats, images, T: int, keep_crops: bool, timing) -> Iterator[Row]:
+def _answer(engine: Engine, ready, feats, images, T: int, keep_crops: bool,
+            unreadable: dict[int, str]) -> Iterator[Row]:
     faces = [x for _, fs in ready for x in fs]
     probs: dict[tuple[int, int], np.ndarray] = {}
     for i in range(0, len(faces), engine.batch):
@@ -196,7 +220,7 @@ def _answer(engine: Engine, ready, feats, images, T: int, keep_crops: bool, timi
             probs[(x.face_id, x.frame)] = row
     for index, fs in ready:
         if not fs:
-            yield Row(index, 0, False)
+            yield Row(index, 0, False, reason=unreadable.pop(index, NO_FACE))
         for x in fs:
             yield Row(index, x.face_id, True, x.score, x.box, x.kp, probs[(x.face_id, x.frame)],
                       x.crop if keep_crops else None)
