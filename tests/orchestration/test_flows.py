@@ -6,7 +6,7 @@ from flows.params import FullParams, StageParams, TrainParams
 from pipeline.config import load_config
 from store.catalog import Catalog
 
-from .conftest import snapshot
+from .conftest import snapshot, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +163,32 @@ def test_predict_flow_fans_out_per_input_and_fails_by_name(harness, tmp_path):
     assert (tmp_path / "out" / "single_face.csv").exists()
     with pytest.raises(ValidationError, match="bogus"):
         PredictParams(inputs=[], model="m", out="o", bogus=1)
+
+
+@pytest.mark.parametrize("error,calls,ok", [
+    (lambda: OSError(5, "Input/output error (a flaky mount)"), 2, True),  # transient: retried
+    (lambda: PermissionError(13, "Permission denied"), 1, False),  # permanent: never retried
+])
+def test_flow_units_retry_only_transient_io_errors(harness, tmp_path, monkeypatch, error, calls, ok):
+    """The manifest stage's unit runs in the flow's own process (a thread pool), so a patched
+    unit function is the one the task calls: it fails once, then does the real work."""
+    from flows import tasks
+    from flows.stage_flows import manifest_flow
+    from stages import manifest
+
+    monkeypatch.setattr(tasks.unit_task, "retry_delay_seconds", 0)
+    real, seen = manifest.run_unit, []
+
+    def flaky(*args, **kwargs):
+        seen.append(1)
+        if len(seen) == 1:
+            raise error()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(manifest, "run_unit", flaky)
+    config = tiny_config(tmp_path)
+    state = manifest_flow(StageParams(config=str(config)), return_state=True)
+    assert len(seen) == calls
+    assert state.is_completed() is ok
+    if not ok:
+        assert "permission denied" in state.message.lower()
