@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from pipeline.config import RunConfig, Variant
-from pipeline.errors import StoreLocked
+from pipeline.errors import ConfigError, StoreLocked
 from pipeline.folds import fold_name
 from pipeline.hashing import use_cache_file
 from store import identity as ident
@@ -59,6 +59,12 @@ class Catalog:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).resolve())
+        for p in (self.root, *self.root.parents):  # the store, or the first of its folders that exists
+            if p.exists():
+                if not p.is_dir():
+                    raise ConfigError(f"store {self.root}: {p} is a file, not a folder; set "
+                                      "`store` (or --store) to a folder")
+                break
         use_cache_file(self.root / ".cache" / "filehash.sqlite")
 
     def rel(self, path: Path) -> str:
