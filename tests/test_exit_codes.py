@@ -137,3 +137,23 @@ def test_a_bug_in_a_unit_exits_1(capsys, tmp_path, monkeypatch):
     assert main(["manifest", "--config", str(_mini(tmp_path)), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "TypeError: unsupported operand" in err and "Traceback" in err  # a bug keeps its trace
+
+
+HEAVY = ("torch", "prefect", "sklearn", "pandas", "distributed", "zarr", "duckdb")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["manifest", "--config", "{bad}"],
+                                  ["train", "--config", "{bad}", "--variant", "aunet"]])
+def test_help_and_config_errors_import_no_heavy_library(bad_config, argv):
+    """`aunet --help` and a config error answer without torch, Prefect, scikit-learn ... (they
+    took 7-8 s to import here before any message)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom flows.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n"
+            "    pass\nprint('HEAVY', sorted(m for m in %r if m in sys.modules))"
+            % ([a.format(bad=bad_config) for a in argv], HEAVY))
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-500:]
