@@ -1,9 +1,15 @@
 """`aunet`: the command line. Stage commands run a stage directly through the one stage runner
 (no Prefect server needed); `aunet run` and `aunet demo` run the full Prefect flow.
 
-Exit codes: 0 success; 1 a unit or stage failed (the others finished; the summary names it);
-2 a user error (bad config, missing or stale input, locked store), printed as one message;
-anything else is a bug and keeps its traceback.
+Exit codes, the same for every command:
+  0  it did what was asked (up to date counts);
+  1  a unit failed on a bug or a crashed worker (the others finished; the summary names it and
+     keeps its traceback);
+  2  the user's input or state: a bad config, option or input (a label file, a manifest row,
+     a video the stage cannot read), a missing or stale input artifact, a locked store, a store
+     path that is a file, a full disk; said in one line. Also when units failed and every
+     failed unit failed for one of these reasons.
+(`aunet predict` counts its inputs as units: see docs/predict.md.)
 """
 from __future__ import annotations
 
@@ -12,11 +18,12 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.config import FacesConfig, load_config, parse_override
-from pipeline.folds import ALL_SUBJECTS
+from pydantic import ValidationError
+
+from pipeline.config import ConfigError, FacesConfig, Variant, load_config, parse_override
 from pipeline.errors import UserError, storage_message
-from stages import runner
-from store.catalog import Catalog
+# Heavy libraries (torch, pandas, scikit-learn, Prefect, Dask) are imported where a command
+# uses them, not here: `aunet --help` and a config error answer in well under a second.
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 EXIT_FAILED, EXIT_USER = 1, 2
@@ -27,6 +34,8 @@ def _overrides(pairs: list[str] | None) -> dict:
 
 
 def _print_summary(stage: str, summary: dict) -> None:
+    from stages import runner
+
     printer = getattr(runner.module(stage), "format_summary", None)
     print(printer(summary) if printer else json.dumps(summary, indent=2, default=str))
     if summary.get("cleaned"):
@@ -36,6 +45,8 @@ def _print_summary(stage: str, summary: dict) -> None:
 def _fold(text: str) -> int:
     """A test fold number, or `all` (every subject: the model a user deploys)."""
     if text == "all":
+        from pipeline.folds import ALL_SUBJECTS
+
         return ALL_SUBJECTS
     try:
         k = int(text)
@@ -47,32 +58,42 @@ def _fold(text: str) -> int:
 
 
 def _stage(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, _overrides(args.set))
+    cfg = load_config(args.config, _overrides(args.set))  # a bad config is said before the imports
+    from stages import runner
+    from store.catalog import Catalog
+
     select = None
     if args.command in ("train", "prior"):
         select = {"variants": getattr(args, "variant", None), "folds": args.fold}
     summary = runner.execute(args.command, cfg, Catalog(cfg.store), force=args.force,
                              progress=not args.quiet, select=select)
     _print_summary(args.command, summary)
+    return _report_failures(summary)
+
+
+def _report_failures(summary: dict) -> int:
+    """Print the failed units; the exit code for them (module docstring)."""
+    from stages import runner
+
     failures = runner.format_failures(summary)
-    if failures:
-        print(failures, file=sys.stderr)
-        return EXIT_FAILED
-    return 0
+    if not failures:
+        return 0
+    print(failures, file=sys.stderr)
+    return EXIT_USER if runner.user_failures_only(summary) else EXIT_FAILED
 
 
 def _flow(args: argparse.Namespace) -> int:
-    from flows.full import run_full_flow  # Prefect is imported only here
-    from flows.server import temporary_server
-
     config = Path(args.config) if args.command == "run" else DEMO_CONFIG
     overrides = _overrides(args.set)
     if args.command == "demo" and args.store:
         overrides["store"] = str(Path(args.store).resolve())
     cfg = load_config(config, overrides)  # a bad config is said here, before Prefect starts
+    from flows.full import run_full_flow  # Prefect is imported only here
+    from flows.server import temporary_server
+
     with temporary_server():  # stops with this process, even when it is killed (flows/server.py)
-        ok, message = run_full_flow(config_path=str(config), overrides=overrides, force=args.force)
-    code = 0 if ok else EXIT_FAILED
+        ok, message, user = run_full_flow(config_path=str(config), overrides=overrides, force=args.force)
+    code = 0 if ok else EXIT_USER if user else EXIT_FAILED
     if ok and args.command == "demo":
         try:
             code = _demo_epilogue(cfg, args)
@@ -88,14 +109,14 @@ def _demo_epilogue(cfg, args: argparse.Namespace) -> int:
     video of a held-out subject with it (stages.bundles.predict_demo_video)."""
     from stages import predict
     from stages.bundles import predict_demo_video
+    from store.catalog import Catalog
 
     bundle, video, subject, summary = predict_demo_video(cfg, Catalog(cfg.store), _detector(args))
     print(f"\nA trained model as a bundle: {bundle}")
     print(f"predicted {video} (subject {subject}, held out from that model's training) with it:")
     print(predict.format_summary(summary))
     if summary["failed"]:
-        print(runner.format_failures(summary), file=sys.stderr)
-        return EXIT_FAILED
+        return _report_failures(summary)
     out = summary["out"]
     print(f"table: {out / (video.stem + '.csv')}\ntimeline: {out / (video.stem + '_timeline.png')}")
     return 0
@@ -108,9 +129,10 @@ def _detector(args: argparse.Namespace) -> FacesConfig | None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from stages.bundles import export
-
     cfg = load_config(args.config, _overrides(args.set))
+    from stages.bundles import export
+    from store.catalog import Catalog
+
     folder = export(cfg, Catalog(cfg.store), args.variant, args.fold, Path(args.out), args.name,
                     _detector(args), force=args.force)
     print(f"bundle written: {folder}")
@@ -120,13 +142,9 @@ def _export(args: argparse.Namespace) -> int:
 def _import_reference(args: argparse.Namespace) -> int:
     from stages.bundles import import_reference
 
-    try:
-        aus = [int(a) for a in args.aus.split(",")] if args.aus else None
-    except ValueError:
-        raise UserError(f"--aus {args.aus}: AU numbers separated by commas, e.g. 1,2,4") from None
     made = import_reference(Path(args.source) if args.source else None, Path(args.out),
                             head=args.head and Path(args.head), fan=args.fan and Path(args.fan),
-                            aus=aus, name=args.name, detector=_detector(args), force=args.force)
+                            aus=args.aus, name=args.name, detector=_detector(args), force=args.force)
     print("\n".join(f"bundle written: {p}" for p in made))
     return 0
 
@@ -167,18 +185,42 @@ def _predict(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, device=args.device)
     summary = predict.run(cfg, progress=not args.quiet)
     print(predict.format_summary(summary))
-    failures = runner.format_failures(summary)
-    if failures:
-        print(failures, file=sys.stderr)
-        return EXIT_FAILED
-    return 0
+    return _report_failures(summary)
 
 
 def _query(args: argparse.Namespace) -> int:
+    from store.catalog import Catalog
     from store.query import run_query
 
     print(run_query(Catalog(args.store), args.sql))
     return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (with where to look), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _variant(text: str) -> str:
+    """A head variant by name (au_fan, au_vae, au_tdn, aunet)."""
+    names = [v.value for v in Variant]
+    if text not in names:
+        raise argparse.ArgumentTypeError(f"unknown variant {text!r}; variants: {', '.join(names)}")
+    return text
+
+
+def _aus(text: str) -> list[int]:
+    """AU numbers, comma-separated: 1,2,4."""
+    try:
+        aus = [int(a) for a in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"AU numbers are integers separated by commas, e.g. "
+                                         f"1,2,4,6; got {text!r}") from None
+    if any(a < 1 for a in aus) or len(set(aus)) != len(aus):
+        raise argparse.ArgumentTypeError(f"AU numbers are distinct integers >= 1; got {text!r}")
+    return aus
 
 
 def _common(s: argparse.ArgumentParser) -> None:
@@ -195,15 +237,17 @@ def _detector_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="aunet", description=__doc__,
+    p = _Parser(prog="aunet", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    for name in runner.STAGES:
+    from stages.runner import STAGES  # light: the runner imports no torch at module level
+
+    for name in STAGES:
         s = sub.add_parser(name, help=f"run the {name} stage")
         _common(s)
         s.add_argument("--quiet", action="store_true", help="no progress bars")
         if name == "train":
-            s.add_argument("--variant", action="append",
+            s.add_argument("--variant", action="append", type=_variant,
                            help="au_fan, au_vae, au_tdn, aunet (repeatable; default: config)")
         if name in ("train", "prior"):
             s.add_argument("--fold", action="append", type=_fold,
@@ -223,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_flow)
     e = sub.add_parser("export", help="write a model bundle of a trained head (for aunet predict)")
     _common(e)
-    e.add_argument("--variant", required=True, help="au_fan, au_vae, au_tdn or aunet")
+    e.add_argument("--variant", required=True, type=_variant, help="au_fan, au_vae, au_tdn or aunet")
     e.add_argument("--fold", required=True, type=_fold, help="its test fold, or `all`")
     e.add_argument("--out", required=True, help="the bundle folder to write (an existing "
                    "bundle of another model is replaced only with --force)")
@@ -235,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", required=True, help="folder for the bundles (one per checkpoint)")
     i.add_argument("--head", help="one released head file (instead of a clone)")
     i.add_argument("--fan", help="the FAN file (models/2dfan2.pth) with --head")
-    i.add_argument("--aus", help="the head's AU numbers in order, e.g. 1,2,4,6,7,10,12,14,15,17,23,24")
+    i.add_argument("--aus", type=_aus, help="the head's AU numbers in order, e.g. 1,2,4,6,7,10,12,14,15,17,23,24")
     i.add_argument("--name", help="the bundle's name with --head")
     i.add_argument("--force", action="store_true",
                    help="replace an existing bundle of another head file")
@@ -281,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as e:
         print(f"aunet {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USER
+    except ValidationError as e:  # an option the settings models refuse (e.g. --detector)
+        said = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+        print(f"aunet {args.command}: error: {said}", file=sys.stderr)
         return EXIT_USER
     except OSError as e:
         message = storage_message(e)

@@ -12,7 +12,11 @@ from flows.params import FullParams
 from flows.stage_flows import DASK_STAGES, cluster_kwargs, failure, prepare_workers, run_stage
 from pipeline.config import RunConfig, load_config
 from pipeline.errors import UserError
+from stages import runner
 from store.catalog import Catalog
+
+# How the full flow's Failed message starts when the failure was the user's (exit code 2).
+USER_FAILED = "bad input: "
 
 
 @contextmanager
@@ -34,14 +38,16 @@ def full_flow(params: FullParams):
     try:
         cfg = load_config(params.config, params.merged_overrides())
     except UserError as e:
-        return Failed(message=f"config: {e}")
+        return Failed(message=f"{USER_FAILED}config: {e}")
     stages = params.stage_names()
     with cluster(cfg, stages) as address:
         for stage in stages:
             select = params.selection() if stage == "train" else None
-            message = failure(run_stage(stage, cfg, params.force, select, address))
+            summary = run_stage(stage, cfg, params.force, select, address)
+            message = failure(summary)
             if message:
-                return Failed(message=f"stage {stage} failed: {message}")
+                user = bool(summary.get("error")) or runner.user_failures_only(summary)
+                return Failed(message=f"{USER_FAILED if user else ''}stage {stage} failed: {message}")
     catalog = Catalog(cfg.store)
     get_run_logger().info(closing_message(cfg))
     return {"store": str(catalog.root), "reports": str(catalog.reports),
@@ -79,10 +85,12 @@ def closing_message(cfg: RunConfig) -> str:
 
 
 def run_full_flow(config_path: str, overrides: dict | None = None,
-                  force: bool = False) -> tuple[bool, str]:
-    """(succeeded, the closing message or the failure's one message)."""
+                  force: bool = False) -> tuple[bool, str, bool]:
+    """(succeeded, the closing message or the failure's one message, whether the failure was
+    the user's input or state: a bad config or input, a missing or stale artifact, a lock)."""
     state = full_flow(FullParams(config=config_path, overrides=overrides or {}, force=force),
                       return_state=True)
     if state.is_failed():
-        return False, f"aunet run: FAILED: {state.message}"
-    return True, closing_message(load_config(config_path, overrides))
+        message = state.message or ""
+        return False, f"aunet run: FAILED: {message}", message.startswith(USER_FAILED)
+    return True, closing_message(load_config(config_path, overrides)), False

@@ -7,7 +7,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import Variant
-from store.catalog import Stage
+from store.stage import Stage
 
 
 

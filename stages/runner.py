@@ -22,16 +22,20 @@ import os
 import time
 import traceback
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
-
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from pipeline.config import RunConfig
 from pipeline.errors import UserError, is_transient, storage_message
 from stages.contract import Plan, UnitResult  # noqa: F401  (re-exported)
-from store.catalog import Catalog, Stage
+from store.stage import Stage
 
-STAGES = tuple(s.value for s in Stage)  # in pipeline order (store.catalog.Stage)
+if TYPE_CHECKING:  # the catalog imports torch (identities hash weights): not at start-up
+    from store.catalog import Catalog
+
+# a failed unit's data flag: it failed on the user's input or the machine's state (a UserError,
+# a full disk), not on a bug; the command line exits 2 when every failed unit is one of these
+USER_FAILURE = "user_failure"
+STAGES = tuple(s.value for s in Stage)  # in pipeline order (store.stage.Stage)
 # Unit-based commands outside the dataset pipeline (same failure policy): they hand their own
 # `run_unit` function to run_unit / run_units (`fn`), so the command line and their Prefect flow
 # call one function (stages.predict.run).
@@ -65,7 +69,7 @@ def run_unit(stage: str, cfg: RunConfig, catalog: Catalog, unit: Any,
         data = (fn or module(stage).run_unit)(cfg, catalog, unit, progress)
         return UnitResult(unit.name, True, time.perf_counter() - t0, data or {})
     except UserError as e:
-        return UnitResult(unit.name, False, time.perf_counter() - t0,
+        return UnitResult(unit.name, False, time.perf_counter() - t0, {USER_FAILURE: True},
                           error=f"{unit.name}: {e}")
     except Exception as e:  # noqa: BLE001 - a bug: reported with its traceback, others go on
         if is_transient(e):  # the flows retry these (flows.tasks); the CLI reports them
@@ -73,7 +77,7 @@ def run_unit(stage: str, cfg: RunConfig, catalog: Catalog, unit: Any,
                               error=f"{unit.name}: {type(e).__name__}: {e}", transient=True)
         message = storage_message(e)
         if message is not None:  # a full disk or permissions: the machine's state, not a bug
-            return UnitResult(unit.name, False, time.perf_counter() - t0,
+            return UnitResult(unit.name, False, time.perf_counter() - t0, {USER_FAILURE: True},
                               error=f"{unit.name}: {message}")
         return UnitResult(unit.name, False, time.perf_counter() - t0,
                           error=f"{unit.name}: {type(e).__name__}: {e}",
@@ -101,6 +105,8 @@ def run_units(stage: str, cfg: RunConfig, catalog: Catalog, units: list, *,
     unit's failure (each comes back as a failed UnitResult)."""
     if not units:
         return []
+    from tqdm.auto import tqdm
+
     bar = tqdm(total=sum(u.size for u in units), desc=stage, unit="frame", disable=not progress)
     results: list[UnitResult] = []
     try:
@@ -152,6 +158,7 @@ def finish(stage: str, cfg: RunConfig, catalog: Catalog, p: Plan,
            results: list[UnitResult]) -> dict:
     summary = module(stage).finish(cfg, catalog, p, results)
     return summary | {"failed": [r.error for r in results if not r.ok],
+                      "user_failed": [r.error for r in results if not r.ok and r.data.get(USER_FAILURE)],
                       "traces": [r.trace for r in results if r.trace]}
 
 
@@ -171,6 +178,13 @@ def clean(stage: str, cfg: RunConfig, catalog: Catalog) -> list[str]:
     removed = catalog.clean(cfg.dataset.name, stage)
     extra = getattr(module(stage), "clean", None)
     return removed + (extra(cfg, catalog) if extra else [])
+
+
+def user_failures_only(summary: dict) -> bool:
+    """Whether the summary's failed units all failed on the user's input or the machine's state
+    (bad input, a missing or stale artifact, a full disk), none on a bug or a crashed worker."""
+    failed = summary.get("failed") or []
+    return bool(failed) and len(summary.get("user_failed") or []) == len(failed)
 
 
 def format_failures(summary: dict) -> str:

@@ -27,39 +27,20 @@ import re
 import shutil
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from pipeline.config import RunConfig, Variant
-from pipeline.errors import StoreLocked
+from pipeline.errors import ConfigError, StoreLocked
 from pipeline.folds import fold_name
 from pipeline.hashing import use_cache_file
 from store import identity as ident
+from store.stage import Stage  # noqa: F401 (re-exported: the stage list)
 from store.provenance import BUILD_MARK, TMP_SUFFIX, recover_dirs
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.+\-]+")
 PARTIAL_SUFFIX = ".partial"  # zarr's own temporary chunk files
 
-
-class Stage(str, Enum):
-    """The pipeline's stages, in the order they run: the one list every layer uses."""
-    MANIFEST = "manifest"
-    FACES = "faces"
-    FEATURES = "features"
-    PRIOR = "prior"
-    TRAIN = "train"
-    EVALUATE = "evaluate"
-    REPORT = "report"
-
-    @property
-    def folder(self) -> str | None:
-        """Its artifacts' folder under `{dataset}/` (None: the report renders under reports/)."""
-        return _FOLDERS.get(self)
-
-
-_FOLDERS = {Stage.MANIFEST: "manifest", Stage.FACES: "faces", Stage.FEATURES: "features",
-            Stage.PRIOR: "prior", Stage.TRAIN: "models", Stage.EVALUATE: "eval"}
 
 
 def _safe(part: str) -> str:
@@ -78,6 +59,12 @@ class Catalog:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).resolve())
+        for p in (self.root, *self.root.parents):  # the store, or the first of its folders that exists
+            if p.exists():
+                if not p.is_dir():
+                    raise ConfigError(f"store {self.root}: {p} is a file, not a folder; set "
+                                      "`store` (or --store) to a folder")
+                break
         use_cache_file(self.root / ".cache" / "filehash.sqlite")
 
     def rel(self, path: Path) -> str:

@@ -159,7 +159,8 @@ def test_cli_failed_unit_exits_non_zero_and_good_units_finish(capsys, mini, tmp_
     code, err = _cli(capsys, "faces", "--config", str(path), "--quiet", "--set",
                      "faces.detector=blazeface", "--set", f"faces.detector_weights={bogus}",
                      "--set", "faces.tile_pyramid=off")
-    assert code == 1 and "3 unit(s) FAILED" in err and "block0:" in err and "not blazeface weights" in err
+    # every unit failed on the user's input (a file that is not BlazeFace weights): exit 2
+    assert code == 2 and "3 unit(s) FAILED" in err and "block0:" in err and "not blazeface weights" in err
     out = capsys.readouterr()
     del out
 

@@ -101,6 +101,13 @@ def test_report_renders_files_with_banner(evaluated):
     assert "| AU26 |" in md and "| Avg |" in md
     for f in out["files"]:
         assert Path(f).stat().st_size > 0
+        if f.endswith(".png"):  # a real picture, with the random-weights banner across its top
+            import cv2
+
+            img = cv2.imread(str(f), cv2.IMREAD_COLOR)  # (H, W, 3) BGR
+            assert img is not None and min(img.shape[:2]) > 200 and img.std() > 10, f
+            banner = np.all(np.abs(img[: img.shape[0] // 8].astype(int) - [0, 0, 0xb0]) < 10, axis=2)
+            assert banner.sum() > 200, f"{f}: no banner"
     assert run_stages(cfg, "report")["skipped"]
 
 

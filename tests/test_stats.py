@@ -47,6 +47,36 @@ def test_subject_f1_skips_absent_aus():
     assert list(names) == ["S1"] and f1[0] == 1.0  # AU2 never shown: not averaged in
 
 
+def test_subject_test_against_hand_computed_subject_f1():
+    """Per-subject F1 by hand (F1 = 2tp / (2tp + fp + fn), averaged over the AUs the subject
+    shows), then the paired t-test by hand; nothing of the project's own F1 code is used.
+
+    S1 (4 frames): a: AU1 tp1 fp1 fn1 -> 1/2, AU2 tp1 fn1 -> 2/3, mean 7/12; b perfect -> 1.
+    S2 (3 frames, AU2 never shown: left out): a: AU1 tp1 fp1 fn1 -> 1/2; b: tp1 fn1 -> 2/3.
+    S3 (3 frames): a perfect -> 1; b: AU1 tp1 fp1 -> 2/3, AU2 tp1 fn1 -> 2/3, mean 2/3.
+    d = fb - fa = (5/12, 1/6, -1/3): mean 1/12, sample sd sqrt(21)/12, t = 1/sqrt(7);
+    df = 2, where the two-sided p is 1 - |t| / sqrt(2 + t^2) = 1 - 1/sqrt(15).
+    """
+    rows = [  # subject, labels, a, b
+        ("S1", [1, 0], [1, 0], [1, 0]), ("S1", [1, 1], [0, 1], [1, 1]),
+        ("S1", [0, 1], [0, 0], [0, 1]), ("S1", [0, 0], [1, 0], [0, 0]),
+        ("S2", [1, 0], [1, 1], [1, 0]), ("S2", [0, 0], [1, 0], [0, 0]),
+        ("S2", [1, 0], [0, 0], [0, 0]),
+        ("S3", [0, 1], [0, 1], [0, 0]), ("S3", [1, 1], [1, 1], [1, 1]),
+        ("S3", [0, 0], [0, 0], [1, 0]),
+    ]
+    order = [4, 0, 7, 1, 9, 5, 2, 8, 3, 6]  # subjects interleaved: frame order must not matter
+    subj = np.array([rows[i][0] for i in order])
+    y, a, b = (np.array([rows[i][k] for i in order], float) for k in (1, 2, 3))
+    res = subject_test(a, b, y, subj)
+    assert res["n"] == 3
+    assert res["mean_a"] == pytest.approx((7 / 12 + 1 / 2 + 1) / 3)
+    assert res["mean_b"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert res["diff"] == pytest.approx(1 / 12)
+    assert res["t"] == pytest.approx(-1 / np.sqrt(7))  # scipy's sign: a - b
+    assert res["p"] == pytest.approx(1 - 1 / np.sqrt(15))
+
+
 def test_subject_test_and_bootstrap_deterministic():
     a, b, y, subj = _pair()
     s1, s2 = subject_test(a, b, y, subj), subject_test(a, b, y, subj)

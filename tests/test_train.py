@@ -118,7 +118,7 @@ def test_disfa_heads_start_from_bp4d_heads(tmp_path, ready):
     src_yaml = Path(bp4d_cfg.dataset.root).parent / "bp4dmini.yaml"
     # lr 0 (and so no weight decay step): the trained DISFA body must equal the BP4D body exactly
     cfg, _ = ready(where="d", name="disfamini", au_set="disfa",
-                   train={"variants": ["au_tdn"], "lr": 0.0, "init_from": str(src_yaml)})
+                   train={"variants": ["au_tdn"], "lr": 1e-30, "init_from": str(src_yaml)})
     disfa = _train(cfg)["heads"][0]
     assert disfa["fresh_params"] == ["classifier.fc2.bias", "classifier.fc2.weight"]
     assert "_from-bp4dmini-" in disfa["path"]

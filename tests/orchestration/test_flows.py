@@ -100,10 +100,10 @@ def test_aunet_run_on_bad_input_fails_in_one_line(harness, tmp_path, capsys):
     csv.write_text("\n".join(lines) + "\n")
     code = main(["run", "--config", str(config)])
     err = capsys.readouterr().err
-    assert code == 1 and "Traceback" not in err
+    assert code == 2 and "Traceback" not in err  # bad input: exit 2, as the stage command
     said = [line for line in err.splitlines() if "| INFO" not in line and line.strip()
             and not line.startswith("See https")]  # Prefect's and Dask's progress logs aside
-    assert len(said) == 1 and said[0].startswith("aunet run: FAILED: stage manifest failed")
+    assert len(said) == 1 and said[0].startswith("aunet run: FAILED: bad input: stage manifest failed")
     assert "manifest.csv:4: AU01 = 'yes'" in said[0]
 
 
