@@ -162,12 +162,9 @@ class BlazeFace(Detector):
     """
 
     def __init__(self, cfg: FacesConfig, files: dict[str, Path], min_score: float):
-        self.kind = cfg.detector
-        self.files = files
-        self.min_score = min_score
+        super().__init__(cfg, files, min_score)
         self.floor = min(min_score, CANDIDATE_FLOOR)
         self.net = _Net(cfg.detector, self.files["weights"], self.files["anchors"])
-        self.max_roll_deg = cfg.max_roll_deg
         self.min_face_px = cfg.min_face_px
         self.pyramid = cfg.tile_pyramid
         self.levels = cfg.tile_levels

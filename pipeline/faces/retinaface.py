@@ -179,10 +179,7 @@ class RetinaFace(Detector):
     """RetinaFace MobileNet-0.25 at a long side of at most `MAX_SIDE`; same-size frames batched."""
 
     def __init__(self, cfg: FacesConfig, files: dict[str, Path], min_score: float):
-        self.kind = cfg.detector
-        self.files = files
-        self.min_score = min_score
-        self.max_roll_deg = cfg.max_roll_deg
+        super().__init__(cfg, files, min_score)
         self.net = load_net(files["weights"])
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:

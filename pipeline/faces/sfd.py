@@ -18,10 +18,7 @@ class SFD(Detector):
         import torch
         from face_alignment.detection.sfd.net_s3fd import s3fd
 
-        self.kind = cfg.detector
-        self.files = files
-        self.min_score = min_score
-        self.max_roll_deg = cfg.max_roll_deg
+        super().__init__(cfg, files, min_score)
         try:
             net = s3fd()
             net.load_state_dict(torch.load(self.files["weights"], map_location="cpu", weights_only=True))

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.config import DetectorKind
+from pipeline.config import DetectorKind, FacesConfig
 from pipeline.errors import UserError
 
 
@@ -61,8 +61,13 @@ class Detections:
 
 
 class Detector(ABC):
-    kind: DetectorKind
-    files: dict[str, Path]  # role -> weights file actually loaded
+    """Built by the factory as `Cls(cfg, files, min_score)`; subclasses load their networks."""
+
+    def __init__(self, cfg: FacesConfig, files: dict[str, Path], min_score: float):
+        self.kind: DetectorKind = cfg.detector
+        self.files = files  # role -> weights file actually loaded
+        self.min_score = min_score
+        self.max_roll_deg = cfg.max_roll_deg
 
     def detect(self, image: np.ndarray) -> Detections:
         """Faces in one RGB uint8 (H, W, 3) image."""
