@@ -167,6 +167,16 @@ def write_mini_dataset(root: Path, *, name: str = "mini", au_set: str = "bp4d",
     return path
 
 
+def set_csv_cell(csv: Path, line: int, column: str, value: str) -> None:
+    """Write `value` into `column` of line `line` (0 = the header) of a comma-separated file."""
+    lines = Path(csv).read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[line].split(",")
+    cells[header.index(column)] = value
+    lines[line] = ",".join(cells)
+    Path(csv).write_text("\n".join(lines) + "\n")
+
+
 def run_stages(cfg, *stages: str, **kw) -> dict:
     """Run stages in order through the one runner; the last summary (fails on unit failures)."""
     from stages import runner

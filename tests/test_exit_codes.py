@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import write_mini_dataset
+from conftest import set_csv_cell, write_mini_dataset
 from flows.cli import main
 
 STAGES = ["manifest", "faces", "features", "prior", "train", "evaluate", "report"]
@@ -109,12 +109,7 @@ def test_manifest_ok_then_bad_inputs_exit_2(capsys, tmp_path):
     csv = Path(yaml.safe_load(config.read_text())["dataset"]["manifest_file"])
     if not csv.is_absolute():
         csv = config.parent / csv
-    lines = csv.read_text().splitlines()
-    header = lines[0].split(",")
-    cells = lines[2].split(",")
-    cells[header.index("AU01")] = "yes"
-    lines[2] = ",".join(cells)
-    csv.write_text("\n".join(lines) + "\n")
+    set_csv_cell(csv, 2, "AU01", "yes")
     assert main(["manifest", "--config", str(config), "--quiet", "--force"]) == 2
     err = capsys.readouterr().err
     assert "AU01 = 'yes'" in err and "Traceback" not in err

@@ -87,17 +87,11 @@ def test_concurrent_run_is_refused(full_run, tiny):
 
 
 def test_aunet_run_on_bad_input_fails_in_one_line(harness, tmp_path, capsys):
-    from conftest import write_mini_dataset
+    from conftest import set_csv_cell, write_mini_dataset
     from flows.cli import main
 
     config = write_mini_dataset(tmp_path)
-    csv = tmp_path / "data" / "manifest.csv"
-    lines = csv.read_text().splitlines()
-    header = lines[0].split(",")
-    cells = lines[3].split(",")
-    cells[header.index("AU01")] = "yes"
-    lines[3] = ",".join(cells)
-    csv.write_text("\n".join(lines) + "\n")
+    set_csv_cell(tmp_path / "data" / "manifest.csv", 3, "AU01", "yes")
     code = main(["run", "--config", str(config)])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err  # bad input: exit 2, as the stage command
