@@ -5,7 +5,7 @@ the eval dataset (this dataset, and each of `eval.cross_datasets` on the AUs it 
 unit's predictions are cached in the stage's own folder (`catalog.predictions`, with provenance:
 the head's key, the eval features' key and the test fold's labels) so an unchanged unit is
 skipped. The heads are exactly those the config asks for, each checked current. `finish` scores all units and appends the
-predictions, metrics, significance, co-occurrence, complexity and prior_metrics tables under a
+predictions, metrics, significance, co-occurrence, complexity, prior_metrics and calibration tables under a
 new run id, then the `runs` row last (the run counts as complete only once it exists).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pipeline.errors import ConfigError, StaleArtifact
 from pipeline.learning.inference import predict
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.learning.temporal import triplet_rows
-from stages import mixed_eval, scoring
+from stages import calibration, mixed_eval, scoring
 from stages.contract import Plan, UnitResult
 from store import features as feature_store
 from store import manifests, mix, tables
@@ -224,6 +224,7 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
         "complexity": scoring.complexity_rows(variants, n_aus),
         "prior_metrics": _prior_rows(cfg, catalog),
         "comparison": comparison,
+        "calibration": calibration.calibration_rows(pred, scored),
     }
     random_weights = any((read_provenance(Path(u.out)) or {}).get("random_weights", False)
                          for u in units)

@@ -17,6 +17,7 @@ from pipeline.config import RunConfig
 from store import mix, tables
 from store.catalog import Catalog
 from pipeline.errors import MissingArtifact
+from stages import report_trust
 from stages.contract import Plan, UnitResult
 from store.codekey import code_key
 from store.identity import eval_id
@@ -173,6 +174,7 @@ def sections(t: dict[str, pd.DataFrame], dataset: str, run: str, random_weights:
     if len(t["cooccurrence"]):
         out.append(("h2", "Co-occurrence faithfulness (paper's Table X), pooled over folds"))
         out.append(("table", cooccurrence_table(t["cooccurrence"][t["cooccurrence"].fold == "pooled"])))
+    out += report_trust.sections(t, _name)
     if len(t["complexity"]):
         out.append(("h2", "Model complexity per sample"))
         out.append(("p", "GFLOPs (torch) counts 2 per multiply-add; the paper's figures match GMACs."))
@@ -196,7 +198,8 @@ def render_markdown(secs: list[tuple[str, object]]) -> str:
 
 FIGURE_TITLES = {"f1_bars": "Per-AU F1 by method, the all-present baseline in grey",
                  "correlation": "AU correlations: labels beside each method's predictions",
-                 "timeline": "One test video: probabilities against the labels"}
+                 "timeline": "One test video: probabilities against the labels",
+                 "reliability": "Reliability diagram: fraction labelled present against mean probability"}
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;"
          "color:#222;line-height:1.4}h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em;"
          "border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:1em 0;font-size:.92em}"
@@ -290,6 +293,8 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: ReportUnit, progress=None) 
         images.append(figs.f1_bars(mean, ev, out / f"f1_bars_{ev}.png", banner))
         if (t["cooccurrence"].get("eval_dataset", pd.Series(dtype=str)) == ev).any():
             images.append(figs.correlation_heatmaps(t["cooccurrence"], ev, out / f"correlation_{ev}.png", banner))
+        if (t["calibration"].get("eval_dataset", pd.Series(dtype=str)) == ev).any():
+            images.append(figs.reliability(t["calibration"], ev, out / f"reliability_{ev}.png", banner))
     pred = t["predictions"]
     own = pred[pred.eval_dataset.isin((unit.dataset, *members))]  # a mix's rows carry the member
     video = cfg.eval.timeline_video or (sorted(own.video_id.unique())[0] if len(own) else None)

@@ -57,6 +57,11 @@ _FIELDS: dict[str, list[tuple[str, pa.DataType]]] = {
     # mixed runs: each member's single-dataset model beside the mixed model, same frames and AUs
     "comparison": [("eval_dataset", _S), ("variant", _S), ("fold", _S), ("au", _S),
                    ("f1_single", _F), ("f1_mixed", _F), ("diff", _F), ("n", _I), ("single_run", _S)],
+    # ECE, Brier and reliability bins per AU (au 'all': every frame-AU pair), fold or 'pooled'
+    "calibration": [("eval_dataset", _S), ("variant", _S), ("fold", _S), ("au", _S), ("ece", _F),
+                    ("brier", _F), ("n", _I), ("n_pos", _I), ("mean_prob", _F), ("n_bins", _I),
+                    ("bin_count", pa.list_(_I)), ("bin_mean_prob", pa.list_(_F)),
+                    ("bin_frac_pos", pa.list_(_F))],
 }
 TABLES = tuple(_FIELDS)
 _AU_FIELD = re.compile(r"^AU\d{2}_(prob|pred|label)$")
