@@ -169,7 +169,8 @@ def _models(args: argparse.Namespace) -> int:
             continue
         rw = "  [RANDOM-WEIGHT BACKBONE]" if m["random_weights"] else ""
         print(f"{m['name']}: {m['variant']}, {len(m['aus'])} AUs ({', '.join(m['aus'])}); "
-              f"{m['source']}; trained on {m['trained_on']} ({m['fold']}){rw}\n  {m['path']}")
+              f"{m['source']}; trained on {m['trained_on']} ({m['fold']}){rw}\n  {m['thresholds']}"
+              f"\n  {m['path']}")
     return 0
 
 

@@ -5,7 +5,8 @@ the eval dataset (this dataset, and each of `eval.cross_datasets` on the AUs it 
 unit's predictions are cached in the stage's own folder (`catalog.predictions`, with provenance:
 the head's key, the eval features' key and the test fold's labels) so an unchanged unit is
 skipped. The heads are exactly those the config asks for, each checked current. `finish` scores all units and appends the
-predictions, metrics, significance, co-occurrence, complexity, prior_metrics and calibration tables under a
+predictions, metrics, significance, co-occurrence, complexity, prior_metrics, calibration and
+(eval.threshold_choice: validation) thresholds tables under a
 new run id, then the `runs` row last (the run counts as complete only once it exists).
 """
 from __future__ import annotations
@@ -21,13 +22,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import RunConfig, Variant
+from pipeline.config import RunConfig, ThresholdChoice, Variant
 from pipeline.folds import ALL_SUBJECTS
 from pipeline.errors import ConfigError, StaleArtifact
 from pipeline.learning.inference import predict
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.learning.temporal import triplet_rows
-from stages import calibration, mixed_eval, scoring
+from stages import calibration, mixed_eval, scoring, thresholds
 from stages.contract import Plan, UnitResult
 from store import features as feature_store
 from store import manifests, mix, tables
@@ -75,7 +76,11 @@ def reads(cfg: RunConfig) -> list[tuple[str, str]]:
 
 
 def _unit_config(cfg: RunConfig) -> dict:
-    return {"threshold": cfg.eval.threshold}
+    e = cfg.eval
+    if e.threshold_choice is ThresholdChoice.FIXED:
+        return {"threshold": e.threshold}
+    return {"threshold": e.threshold, "threshold_choice": e.threshold_choice.value,
+            "validation_fraction": e.validation_fraction, "validation_seed": e.validation_seed}
 
 
 def all_units(cfg: RunConfig, catalog: Catalog) -> list[EvalUnit]:
@@ -147,10 +152,14 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: EvalUnit, progress=None) ->
         label = y[:, eval_set.columns.index(au)] if au in eval_set.columns else np.full(len(test), np.nan)
         out[f"{au}_label"] = pd.array(label, dtype="Float64").astype("Int8")
     arrow = tables.conform("predictions", unit.dataset, "unit", pa.Table.from_pandas(out, preserve_index=False))
+    chosen = None  # validation thresholds: from the head's own dataset, outside its test fold
+    if cfg.eval.threshold_choice is ThresholdChoice.VALIDATION and unit.eval_dataset == unit.dataset:
+        chosen = thresholds.validation_thresholds(table, store, model, meta, unit.fold, cfg.eval,
+                                                  cfg.train.batch_size)
     write_table(Path(unit.out), arrow)
     rec = record(stage=STAGE, name=catalog.rel(Path(unit.out)), identity=_unit_config(cfg),
                  inputs={}, code=code_key("stages.evaluate"),
-                 extra={"random_weights": store.random_weights})
+                 extra={"random_weights": store.random_weights, "thresholds": chosen})
     rec["key"] = unit.key
     write_provenance(Path(unit.out), rec)
     return {"unit": unit.name, "path": unit.out, "frames": int(len(test)),
@@ -225,6 +234,8 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
         "prior_metrics": _prior_rows(cfg, catalog),
         "comparison": comparison,
         "calibration": calibration.calibration_rows(pred, scored),
+        "thresholds": thresholds.threshold_rows(
+            pred, scored, thresholds.given([(u.variant, u.fold, u.out) for u in units]), cfg.eval),
     }
     random_weights = any((read_provenance(Path(u.out)) or {}).get("random_weights", False)
                          for u in units)

@@ -5,7 +5,9 @@ Training frames of fold k: rows whose fold is not k (fold-0 rows included), with
 written after every epoch (only the newest is kept); a killed run resumes from it when it was
 made with the same key; `final.pt` marks the end, with provenance, and makes later runs skip the
 unit while it stays current (`store.models`). No model selection is done: the fixed schedule's
-last epoch is the model, so the test fold is never read.
+last epoch is the model, so the test fold is never read. With `eval.threshold_choice:
+validation` the fold's validation subjects (`pipeline.folds.validation_rows`) are left out of
+its training frames too: the evaluate stage and export choose each AU's threshold on them.
 """
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import RunConfig, Variant
+from pipeline.config import RunConfig, ThresholdChoice, Variant
 from pipeline.errors import InputError, StaleArtifact
-from pipeline.folds import fold_name, training_rows
+from pipeline.folds import fold_name, training_rows, validation_rows
 from pipeline.labels import class_weights
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.models.heads import build_head, load_body
@@ -110,6 +112,11 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: TrainUnit, progress=None) -
     store = heads.features
     valid = store.valid
     train = training_rows(df["fold"].to_numpy(), unit.fold) & valid & ~np.isnan(y).all(axis=1)
+    held = []
+    if cfg.eval.threshold_choice is ThresholdChoice.VALIDATION:  # thresholds are chosen there
+        val, held = validation_rows(df["subject"].to_numpy(), df["fold"].to_numpy(), unit.fold,
+                                    cfg.eval.validation_fraction, cfg.eval.validation_seed)
+        train &= ~val
     rows = np.flatnonzero(train)
     if len(rows) < 2:
         raise InputError(f"dataset '{unit.dataset}' fold {unit.fold}: {len(rows)} training frames "
@@ -163,7 +170,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: TrainUnit, progress=None) -
         stage=STAGE, name=catalog.rel(final), identity=identity, inputs=inputs,
         code=code_key(HEAD_CODE),
         extra={"history": state["history"], "random_weights": store.random_weights,
-               "n_train_frames": int(len(rows)), "triplets": counts}))
+               "n_train_frames": int(len(rows)), "triplets": counts, "validation_subjects": held}))
     return {"variant": unit.variant, "fold": unit.fold, "path": str(final), "skipped": False,
             "resumed_from_epoch": resume["epoch"] if resume else 0, "history": state["history"],
             "n_train_frames": int(len(rows)), "triplets": counts, "fresh_params": fresh,

@@ -62,6 +62,11 @@ _FIELDS: dict[str, list[tuple[str, pa.DataType]]] = {
                     ("brier", _F), ("n", _I), ("n_pos", _I), ("mean_prob", _F), ("n_bins", _I),
                     ("bin_count", pa.list_(_I)), ("bin_mean_prob", pa.list_(_F)),
                     ("bin_frac_pos", pa.list_(_F))],
+    # eval.threshold_choice: validation: each head's per-AU thresholds and test F1 at them
+    "thresholds": [("eval_dataset", _S), ("variant", _S), ("fold", _S), ("au", _S), ("choice", _S),
+                   ("threshold", _F), ("source", _S), ("fixed_threshold", _F),
+                   ("n_val_subjects", _I), ("val_subjects", pa.list_(_S)), ("n_val_frames", _I),
+                   ("n_val_pos", _I), ("f1_validation", _F), ("f1_fixed", _F), ("f1_chosen", _F)],
 }
 TABLES = tuple(_FIELDS)
 _AU_FIELD = re.compile(r"^AU\d{2}_(prob|pred|label)$")
