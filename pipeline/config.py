@@ -74,6 +74,9 @@ class DatasetConfig(Strict):
     # training epoch by dataset name (default: proportional to its frames)
     members: tuple[Path, ...] = ()
     member_weights: dict[str, float] = Field(default_factory=dict)
+    # subject metadata for results per group: a CSV with a `subject` column and any others
+    # (sex, age band, ...); None: BP4D subject names give `sex` from their F/M prefix
+    subjects: Optional[Path] = None
 
     @model_validator(mode="after")
     def _layout_needs(self) -> "DatasetConfig":
@@ -249,6 +252,7 @@ class EvalConfig(Strict):
     validation_fraction: float = Field(0.2, gt=0, lt=1)  # of each training fold's subjects
     validation_seed: int = 0  # the held-out subjects' order (pipeline.folds.validation_subjects)
     bootstrap: int = Field(1000, ge=0)
+    permutations: int = Field(1000, ge=0)  # groups: permutations of the subjects' group labels
     seed: int = 0
     cross_datasets: tuple[str, ...] = ()  # other datasets' names to score these models on
     timeline_video: Optional[str] = None  # report: which video's timeline to plot
@@ -338,7 +342,8 @@ class RunConfig(Strict):
 def _resolve_paths(data: Any, base: Path) -> Any:
     """Resolve relative path-valued keys against the config file's folder."""
     path_keys = {"root", "store", "frames_dir", "list_paths", "list_labels", "manifest_file",
-                 "weights", "detector_weights", "detector_anchors", "init_from", "members"}
+                 "weights", "detector_weights", "detector_anchors", "init_from", "members",
+                 "subjects"}
     if isinstance(data, dict):
         out = {}
         for k, v in data.items():

@@ -28,7 +28,7 @@ from pipeline.errors import ConfigError, StaleArtifact
 from pipeline.learning.inference import predict
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.learning.temporal import triplet_rows
-from stages import calibration, mixed_eval, scoring, thresholds
+from stages import calibration, groups, mixed_eval, scoring, thresholds
 from stages.contract import Plan, UnitResult
 from store import features as feature_store
 from store import manifests, mix, tables
@@ -205,7 +205,8 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
         return summary | {"skipped": False, "run": None, "incomplete": missing}
     unit_keys = {u.name: u.key for u in units}
     inputs_key = fingerprint({"units": unit_keys, "eval": cfg.section("eval"),
-                              "code": code_key("stages.evaluate")})
+                              "code": code_key("stages.evaluate")}
+                             | ({"request": eval_id(cfg)} if cfg.dataset.subjects else {}))
     config_key = eval_id(cfg)
     last = tables.latest(catalog, "runs", name, config_key).to_pylist()
     if not ok and last and last[0]["inputs_key"] == inputs_key:
@@ -234,6 +235,7 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
         "prior_metrics": _prior_rows(cfg, catalog),
         "comparison": comparison,
         "calibration": calibration.calibration_rows(pred, scored),
+        "groups": groups.run_rows(pred, scored, cfg),
         "thresholds": thresholds.threshold_rows(
             pred, scored, thresholds.given([(u.variant, u.fold, u.out) for u in units]), cfg.eval),
     }

@@ -88,6 +88,59 @@ def threshold_sections(t: dict[str, pd.DataFrame], name) -> list[tuple[str, obje
     return out
 
 
+def _ci(r) -> str:
+    return "-" if math.isnan(r.ci_lo) else f"[{100 * r.ci_lo:.1f}, {100 * r.ci_hi:.1f}]"
+
+
+def group_avg_table(g: pd.DataFrame, name) -> tuple[list[str], list[list[str]]]:
+    """One attribute: per group its subjects, status and each variant's Avg F1 (%) with CI."""
+    avg = g[g.au == "Avg"]
+    variants = list(dict.fromkeys(avg.variant))
+    header = ["Group", "Subjects", "Frames", "Status"] + [f"{name(v)} Avg F1 [95% CI]" for v in variants]
+    rows = []
+    for k in dict.fromkeys(avg.group):
+        mine = avg[avg.group == k]
+        first = mine.iloc[0]
+        cells = [str(k), str(first.n_subjects), str(first.n_frames),
+                 "too small (< 3 subjects), not tested" if first.status == "too_small" else first.status]
+        for v in variants:
+            r = mine[mine.variant == v]
+            cells.append(f"{_pct(float(r.f1.iloc[0]))} {_ci(r.iloc[0])}" if len(r) else "-")
+        rows.append(cells)
+    return header, rows
+
+
+def group_au_table(g: pd.DataFrame, variant: str) -> tuple[list[str], list[list[str]]]:
+    """One attribute and variant: F1 (%) per AU (rows) and group (columns)."""
+    m = g[g.variant == variant]
+    groups = list(dict.fromkeys(m.group))
+    f1 = m.pivot_table(index="au", columns="group", values="f1", sort=False)
+    return ["AU"] + groups, [[au] + [_pct(float(f1.loc[au, k])) for k in groups]
+                             for au in dict.fromkeys(m.au)]
+
+
+def group_sections(t: dict[str, pd.DataFrame], name) -> list[tuple[str, object]]:
+    grp = t.get("groups", pd.DataFrame())
+    out: list[tuple[str, object]] = []
+    for attr in dict.fromkeys(grp.attribute) if len(grp) else []:
+        g = grp[grp.attribute == attr]
+        avg = g[(g.au == "Avg") & (g.status == "tested")].drop_duplicates("variant")
+        tests = "; ".join(f"{name(r.variant)}: spread {100 * r.spread:.1f} points, p = {r.p_perm:.3g} "
+                          f"({r.n_perm} permutations)" for r in avg.itertuples())
+        out.append(("h2", f"F1 per group of subjects: {attr} ({g.source.iloc[0]}), test frames of "
+                          "all folds"))
+        out.append(("p", "F1 pooled over each group's subjects; 95% interval: the group's subjects "
+                         "resampled with replacement. Permutation test of 'Avg F1 does not depend "
+                         "on the group' (the subjects' group labels shuffled; spread = highest "
+                         "minus lowest group Avg F1): " + (tests or "not run (fewer than two groups "
+                                                                    "of 3 or more subjects)") + "."))
+        out.append(("table", group_avg_table(g, name)))
+        for v in dict.fromkeys(g.variant):
+            out.append(("p", f"{name(v)}: F1 (%) per AU and group ({attr})"))
+            out.append(("table", group_au_table(g, v)))
+    return out
+
+
 def sections(t: dict[str, pd.DataFrame], name) -> list[tuple[str, object]]:
     """Every trust section of a run, in report order; `name` maps a variant to its label."""
-    return calibration_sections(t, name) + threshold_sections(t, name)
+    return calibration_sections(t, name) + threshold_sections(t, name) + group_sections(t, name)

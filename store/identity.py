@@ -159,10 +159,13 @@ def eval_identity(cfg: RunConfig) -> dict:
     run this config asked for, never just the newest one."""
     t = cfg.train
     variants = [Variant(v) for v in t.variants]
-    return {"dataset": cfg.dataset.name, "eval_datasets": sorted({cfg.dataset.name, *cfg.eval.cross_datasets}),
+    out = {"dataset": cfg.dataset.name, "eval_datasets": sorted({cfg.dataset.name, *cfg.eval.cross_datasets}),
             "heads": {v.value: head_id(cfg, v) for v in variants},
             "folds": list(t.folds) if t.folds else "all",
             "eval": {k: v for k, v in cfg.section("eval").items() if k != "timeline_video"}}
+    if cfg.dataset.subjects is not None:  # the groups' metadata, by content
+        out["subjects"] = hash_files([cfg.dataset.subjects], missing_ok=True)[str(cfg.dataset.subjects)]
+    return out
 
 
 def eval_id(cfg: RunConfig) -> str:

@@ -67,6 +67,11 @@ _FIELDS: dict[str, list[tuple[str, pa.DataType]]] = {
                    ("threshold", _F), ("source", _S), ("fixed_threshold", _F),
                    ("n_val_subjects", _I), ("val_subjects", pa.list_(_S)), ("n_val_frames", _I),
                    ("n_val_pos", _I), ("f1_validation", _F), ("f1_fixed", _F), ("f1_chosen", _F)],
+    # F1 per group of subjects (dataset.subjects), bootstrap CIs, permutation test (Avg rows)
+    "groups": [("eval_dataset", _S), ("variant", _S), ("attribute", _S), ("group", _S),
+               ("source", _S), ("au", _S), ("n_subjects", _I), ("n_frames", _I), ("status", _S),
+               ("f1", _F), ("ci_lo", _F), ("ci_hi", _F), ("level", _F), ("n_boot", _I),
+               ("spread", _F), ("p_perm", _F), ("n_perm", _I), ("seed", _I)],
 }
 TABLES = tuple(_FIELDS)
 _AU_FIELD = re.compile(r"^AU\d{2}_(prob|pred|label)$")
