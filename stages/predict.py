@@ -26,6 +26,7 @@ from pipeline.predict.predictor import NO_FACE, Engine, Unreadable, predict_stre
 from pipeline.video import MediaError, frame_count, iter_video, read_image, video_fps
 from stages import predict_outputs as outputs
 from stages import predict_record as record
+from stages import runner
 from stages.contract import UnitResult
 from stages.predict_inputs import (IMAGE_EXT, VIDEO_EXT, PredictUnit, UnitKind,  # noqa: F401
                                    mark_output, units)
@@ -215,8 +216,6 @@ def run_unit(cfg: PredictConfig, catalog, unit: PredictUnit, progress=None) -> d
 def in_process(cfg: PredictConfig, todo: list[PredictUnit], progress: bool = True,
                client=None) -> list[UnitResult]:
     """The command line's way of mapping the units: in order here, or over a Dask client."""
-    from stages import runner
-
     return runner.run_units(STAGE, cfg, None, todo, progress=progress, client=client, fn=run_unit)
 
 
@@ -238,8 +237,7 @@ def run(cfg: PredictConfig, *, progress: bool = True, client=None,
         if todo else []
     source = {u.name: u.source for u in todo}
     return {"results": [r.data | {"input": source[r.unit], "ok": r.ok} for r in results],
-            "skipped": [u.source for u in skipped], "failed": [r.error for r in results if not r.ok],
-            "traces": [r.trace for r in results if r.trace],
+            "skipped": [u.source for u in skipped], **runner.failures(results),
             "random_weights": read_spec(cfg.model).random_weights}
 
 
