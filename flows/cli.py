@@ -62,6 +62,12 @@ def _stage(args: argparse.Namespace) -> int:
     from stages import runner
     from store.catalog import Catalog
 
+    if getattr(args, "fold_draws", None):  # evaluate --fold-draws K: every stage, K fold draws
+        from stages import fold_draws
+
+        summary = fold_draws.run(cfg, args.fold_draws, force=args.force, progress=not args.quiet)
+        print(fold_draws.format_summary(summary))
+        return EXIT_FAILED if summary["failed"] else 0
     select = None
     if args.command in ("train", "prior"):
         select = {"variants": getattr(args, "variant", None), "folds": args.fold}
@@ -257,6 +263,10 @@ def _stage_commands(sub) -> None:
         if name == "train":
             s.add_argument("--variant", action="append", type=_variant,
                            help="au_fan, au_vae, au_tdn, aunet (repeatable; default: config)")
+        if name == "evaluate":
+            s.add_argument("--fold-draws", type=int, metavar="K",
+                           help="your own data (folds: kfold): re-draw the folds K times, retrain "
+                                "and evaluate on each, and report the spread of Avg F1")
         if name in ("train", "prior"):
             s.add_argument("--fold", action="append", type=_fold,
                            help="test fold number, or `all` for a model of every subject "
