@@ -17,6 +17,15 @@ CALIBRATION_NOTE = (
     "a model that always says the positive rate p scores p(1 - p)). Test folds only.")
 
 
+ORDER = ("au_fan", "au_vae", "au_tdn", "aunet")  # the report's order of the variants
+
+
+def _variants(values) -> list[str]:
+    """The variants present, in the report's order (others after, as found)."""
+    found = list(dict.fromkeys(values))
+    return [v for v in ORDER if v in found] + [v for v in found if v not in ORDER]
+
+
 def _pct(x) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
@@ -28,7 +37,7 @@ def _num(x, fmt: str) -> str:
 def calibration_table(calib: pd.DataFrame, name) -> tuple[list[str], list[list[str]]]:
     """ECE and Brier per AU (pooled folds) by variant, the all-AU row last."""
     m = calib[calib.fold == "pooled"]
-    variants = list(dict.fromkeys(m.variant))
+    variants = _variants(m.variant)
     header = ["AU"] + [f"{name(v)} {k}" for v in variants for k in ("ECE", "Brier")]
     rows = []
     for au in dict.fromkeys(m.au):
@@ -55,7 +64,7 @@ def threshold_table(thr: pd.DataFrame, name) -> tuple[list[str], list[list[str]]
     """Per AU by variant: the validation threshold (mean over folds) and test F1 (%) at the fixed
     threshold and at the chosen one (mean of per-fold F1)."""
     m = thr[thr.fold == "mean"]
-    variants = list(dict.fromkeys(m.variant))
+    variants = _variants(m.variant)
     fixed = float(m.fixed_threshold.iloc[0])
     header = ["AU"] + [f"{name(v)} {k}" for v in variants
                        for k in ("threshold", f"F1 at {fixed:g}", "F1 at threshold")]
@@ -95,7 +104,7 @@ def _ci(r) -> str:
 def group_avg_table(g: pd.DataFrame, name) -> tuple[list[str], list[list[str]]]:
     """One attribute: per group its subjects, status and each variant's Avg F1 (%) with CI."""
     avg = g[g.au == "Avg"]
-    variants = list(dict.fromkeys(avg.variant))
+    variants = _variants(avg.variant)
     header = ["Group", "Subjects", "Frames", "Status"] + [f"{name(v)} Avg F1 [95% CI]" for v in variants]
     rows = []
     for k in dict.fromkeys(avg.group):
@@ -125,6 +134,7 @@ def group_sections(t: dict[str, pd.DataFrame], name) -> list[tuple[str, object]]
     for attr in dict.fromkeys(grp.attribute) if len(grp) else []:
         g = grp[grp.attribute == attr]
         avg = g[(g.au == "Avg") & (g.status == "tested")].drop_duplicates("variant")
+        avg = avg.set_index("variant").loc[_variants(avg.variant)].reset_index()
         tests = "; ".join(f"{name(r.variant)}: spread {100 * r.spread:.1f} points, p = {r.p_perm:.3g} "
                           f"({r.n_perm} permutations)" for r in avg.itertuples())
         out.append(("h2", f"F1 per group of subjects: {attr} ({g.source.iloc[0]}), test frames of "
@@ -135,7 +145,7 @@ def group_sections(t: dict[str, pd.DataFrame], name) -> list[tuple[str, object]]
                          "minus lowest group Avg F1): " + (tests or "not run (fewer than two groups "
                                                                     "of 3 or more subjects)") + "."))
         out.append(("table", group_avg_table(g, name)))
-        for v in dict.fromkeys(g.variant):
+        for v in _variants(g.variant):
             out.append(("p", f"{name(v)}: F1 (%) per AU and group ({attr})"))
             out.append(("table", group_au_table(g, v)))
     return out
