@@ -175,6 +175,10 @@ class Catalog:
 
     @contextmanager
     def _flock(self, dataset: str, stage: str, shared: bool, by: tuple[str, str]) -> Iterator[None]:
+        if self.remote:  # an object store: leases of conditional writes (store/leases.py)
+            with self._lease(dataset, stage, shared, by):
+                yield
+            return
         fh = self._open_lock(self._lock_file(dataset, stage))
         if fh is None:
             yield
@@ -210,6 +214,18 @@ class Catalog:
                 fh.truncate(0)
             fcntl.flock(fh, fcntl.LOCK_UN)
             fh.close()
+
+    def _lease(self, dataset: str, stage: str, shared: bool, by: tuple[str, str]):
+        from store import leases
+
+        base = self.dataset_dir(dataset) / ".locks"
+        what = (f"stage '{by[1]}' of dataset '{by[0]}' reads stage '{stage}' of dataset "
+                f"'{dataset}', which another run is writing" if shared else
+                f"another run is writing or reading stage '{stage}' of dataset '{dataset}'")
+        refused = f"{what} in {self.root}"
+        take = leases.reader if shared else leases.writer
+        return take(base / f"{_safe(stage)}.lease", base / f"{_safe(stage)}.readers",
+                    f"aunet {by[1]}", refused)
 
     # -- debris of killed runs ----------------------------------------------------------------------
     def clean(self, dataset: str, stage: str) -> list[str]:
