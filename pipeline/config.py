@@ -10,7 +10,7 @@ import re
 from functools import lru_cache
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -307,13 +307,19 @@ class PredictConfig(Strict):
 
 class RunConfig(Strict):
     dataset: DatasetConfig
-    store: Path = Path("artifacts")
+    # a folder, or an object-store URL (`s3://bucket/prefix`, kept as text: store/location.py)
+    store: Union[Path, str] = Path("artifacts")
     faces: FacesConfig = FacesConfig()
     features: FeaturesConfig = FeaturesConfig()
     prior: PriorConfig = PriorConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     dask: DaskConfig = DaskConfig()
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store(cls, v: Any) -> Any:
+        return v if is_store_url(v) else Path(v)
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
@@ -323,6 +329,12 @@ class RunConfig(Strict):
 
     def section(self, name: str) -> dict[str, Any]:
         return json.loads(getattr(self, name).model_dump_json())
+
+
+def is_store_url(v: Any) -> bool:
+    """An fsspec URL of a non-local filesystem (`s3://...`): never resolved as a folder."""
+    scheme, sep, _ = str(v).partition("://")
+    return isinstance(v, str) and bool(sep) and scheme.isidentifier() and scheme != "file"
 
 
 def _resolve_paths(data: Any, base: Path) -> Any:
@@ -335,7 +347,8 @@ def _resolve_paths(data: Any, base: Path) -> Any:
             if k in path_keys and isinstance(v, list):
                 out[k] = [str((base / p).resolve()) if isinstance(p, str) and not Path(p).is_absolute()
                           else p for p in v]
-            elif k in path_keys and isinstance(v, str) and not Path(v).is_absolute():
+            elif (k in path_keys and isinstance(v, str) and not Path(v).is_absolute()
+                  and not is_store_url(v)):
                 out[k] = str((base / v).resolve())
             else:
                 out[k] = _resolve_paths(v, base)

@@ -211,8 +211,10 @@ def s3_server(tmp_path_factory):
 
 
 @pytest.fixture
-def s3_bucket(s3_server, monkeypatch) -> str:
+def s3_bucket(s3_server, monkeypatch):
     """A fresh, empty bucket; the AWS variables point every client of this process at it."""
     for k, v in s3_server.env.items():
         monkeypatch.setenv(k, v)
-    return s3_server.bucket()
+    name = s3_server.bucket()
+    yield name
+    s3_server.drop(name)

@@ -26,7 +26,9 @@ REGION = "us-east-1"
 _PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
           "filer.port.grpc", "s3.port", "s3.port.grpc")
 _OFF = {"s3.port.iceberg": 0, "s3.port.lance": 0}
-_SIZES = {"master.volumeSizeLimitMB": 64, "volume.max": 50, "volume.preStopSeconds": 0}
+# Each bucket is a SeaweedFS collection that takes volumes of its own (several at its first
+# write): small volumes, many slots (files grow as written), and `drop` of each test's bucket.
+_SIZES = {"master.volumeSizeLimitMB": 32, "volume.max": 400, "volume.preStopSeconds": 0}
 
 
 def weed_available() -> bool:
@@ -52,6 +54,11 @@ class S3Server:
 
         return s3fs.S3FileSystem(key=self.access_key, secret=self.secret_key,
                                  endpoint_url=self.endpoint, client_kwargs={"region_name": REGION})
+
+    def drop(self, name: str) -> None:
+        """Delete a bucket and everything in it (its volumes are freed)."""
+        self.filesystem().rm(name, recursive=True)
+        self.made.remove(name)
 
     def bucket(self) -> str:
         """A new, empty bucket's name."""

@@ -15,8 +15,15 @@ def test_s3fs_writes_and_reads_through_the_aws_variables(s3_bucket):
 
 
 def test_each_bucket_starts_empty(s3_server):
-    fs = s3_server.filesystem()
     a, b = s3_server.bucket(), s3_server.bucket()
+    try:
+        _check_separate(s3_server, a, b)
+    finally:
+        s3_server.drop(a), s3_server.drop(b)
+
+
+def _check_separate(s3_server, a, b):
+    fs = s3_server.filesystem()
     fs.pipe(f"{a}/x", b"1")
     assert a != b and fs.ls(b) == []
 

@@ -88,3 +88,26 @@ def test_query_over_s3_stays_read_only(s3_store, s3_bucket, sql):
     with pytest.raises(UserError):
         run_query(s3_store, sql.format(bucket=s3_bucket))
     assert not s3_store.root.fs.exists(f"{s3_bucket}/stolen.csv")
+
+
+def test_aunet_query_on_an_s3_store(s3_store, capsys):
+    from flows.cli import main
+
+    assert main(["query", "--store", str(s3_store.root), "SELECT max(f1) AS best FROM metrics"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].strip() == "0.5"
+
+
+def test_config_keeps_a_store_url_as_given(tmp_path):
+    import yaml
+
+    from pipeline.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"dataset": {"name": "d", "layout": "demo", "root": "data",
+                                                "au_set": "bp4d"},
+                                    "faces": {"detector": "provided"},
+                                    "store": "s3://bucket/team/store"}))
+    cfg = load_config(path)
+    assert cfg.store == "s3://bucket/team/store" and Catalog(cfg.store).remote
+    local = load_config(path, {"store": "artifacts"}).store
+    assert not Catalog(local).remote
