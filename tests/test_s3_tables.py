@@ -111,3 +111,22 @@ def test_config_keeps_a_store_url_as_given(tmp_path):
     assert cfg.store == "s3://bucket/team/store" and Catalog(cfg.store).remote
     local = load_config(path, {"store": "artifacts"}).store
     assert not Catalog(local).remote
+
+
+def test_checkpoints_on_s3_are_published_whole_and_trusted(s3_bucket):
+    import torch
+
+    from store.models import read_checkpoint, save_checkpoint
+    from store.provenance import record, trusted, write_provenance
+
+    cat = Catalog(f"s3://{s3_bucket}/store")
+    path = cat.dataset_dir("d") / "models" / "au_fan" / "fold1" / "h" / "final.pt"
+    save_checkpoint(path, {"state_dict": {"w": torch.arange(4.0)}, "variant": "au_fan"})
+    rec = write_provenance(path, record(stage="train", name=cat.rel(path), identity={}, inputs={},
+                                        code="c"))
+    assert rec["artifact"] == "d/models/au_fan/fold1/h/final.pt"
+    assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.arange(4.0))
+    assert trusted(path, rec["key"]) is not None
+    path.write_bytes(b"not a checkpoint")  # replaced behind the store's back: no longer trusted
+    assert trusted(path, rec["key"]) is None
+    assert not [p for p in path.parent.iterdir() if "tmp" in p.name]  # nothing set aside remotely
