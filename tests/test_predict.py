@@ -90,7 +90,7 @@ def test_video_table_matches_openface_layout_and_the_model(bundles, capsys, tmp_
     code, out, _ = _predict(capsys, bundles["au_fan"], tmp_path, MEDIA / "videos" / "single_face.mp4")
     assert code == 0 and "UNTRAINED BACKBONE" in out
     text = (tmp_path / "single_face.csv").read_text()
-    assert text.startswith("frame, face_id, timestamp, confidence, success, bbox_x0,")
+    assert text.startswith("frame, face_id, timestamp, confidence, success, pose_Tx,")
     df = _read(tmp_path / "single_face.csv")
     aus = read_spec(bundles["au_fan"]).aus
     cols = list(df.columns)
