@@ -177,7 +177,7 @@ def _prefetched(chunks: Iterator[list], depth: int) -> Iterator[list]:
 def predict_stream(frames: Iterator[tuple[int, np.ndarray]], engine: Engine, detector: Detector,
                    *, all_faces: bool = False, min_face_px: float = 24, keep_crops: bool = False,
                    timing: Optional[dict] = None, every: int = 1, gate: Optional[FineGate] = None,
-                   prefetch: int = PREFETCH_CHUNKS) -> Iterator[Row]:
+                   prefetch: Optional[int] = None) -> Iterator[Row]:
     """Rows in frame order (see the module docstring); `timing` gets decode and detect seconds.
     every: rows only for frames 0, N, 2N, ... (their neighbours are still read); gate: the
     video's detector gate (pipeline/faces/gate.py), None for independent images."""
@@ -191,7 +191,8 @@ def predict_stream(frames: Iterator[tuple[int, np.ndarray]], engine: Engine, det
     images: dict[int, tuple[np.ndarray, list[Face]]] = {}  # frame -> (image, faces) (exact)
     unreadable: dict[int, str] = {}  # frame -> reason, until its row is out
     last = -1
-    source = _prefetched(_chunks(frames, detector, gate, every, T, timing), prefetch)
+    depth = PREFETCH_CHUNKS if prefetch is None else prefetch
+    source = _prefetched(_chunks(frames, detector, gate, every, T, timing), depth)
     chunk: list = []
     while True:
         chunk = next(source, None)
