@@ -170,6 +170,11 @@ def _models(args: argparse.Namespace) -> int:
         rw = "  [RANDOM-WEIGHT BACKBONE]" if m["random_weights"] else ""
         print(f"{m['name']}: {m['variant']}, {len(m['aus'])} AUs ({', '.join(m['aus'])}); "
               f"{m['source']}; trained on {m['trained_on']} ({m['fold']}){rw}\n  {m['path']}")
+        d = m["defaults"]
+        print(f"  predict defaults: --temporal {d['temporal']} --tta {d['tta']} (T = {d['T']}, "
+              f"crop {d['crop']} {d['crop_size']} px; FAN passes per frame: "
+              f"{(3 if d['temporal'] == 'exact' else 1) * (2 if d['tta'] == 'flip' else 1)} for a "
+              "temporal head)")
     return 0
 
 

@@ -74,7 +74,9 @@ def test_bundle_contents_listing_and_refusals(bundles, capsys, tmp_path):
     assert spec.random_weights and spec.backbone.random_seed == 0 and spec.thresholds["AU01"] == 0.5
     assert spec.provenance["fold"] == "fold1" and spec.provenance["trained_on_subjects"] == ["S1", "S2"]
     assert main(["models", str(bundles["aunet"].parent)]) == 0
-    assert "[RANDOM-WEIGHT BACKBONE]" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "[RANDOM-WEIGHT BACKBONE]" in listed
+    assert f"predict defaults: --temporal cached --tta none (T = {T}," in listed
     with pytest.raises(BundleError, match="--allow-random-weights"):
         load_backbone_of(bundles["aunet"], spec, allow_random_weights=False)
     copy = tmp_path / "tampered"
