@@ -6,7 +6,8 @@ Axes: x to the image's right, y down, z away from the camera (OpenCV's); transla
 `pose_Tx, pose_Ty, pose_Tz` in millimetres is where the mean face's origin (between the eyes, in
 the plane of the eye corners) lies in camera coordinates; rotation `pose_Rx, pose_Ry, pose_Rz`
 (radians) are the Euler angles of R = Rx Ry Rz (pitch, yaw, roll), as OpenFace writes them; a
-face looking straight into the camera has R = I.
+face looking straight into the camera has R = I, positive Ry turns the nose tip towards the
+image's left and positive Rx lowers it (R acts on the mean face in camera axes).
 
 `MEAN_FACE` (68, 3) mm is this project's own approximate mean face in iBUG 68-point order, built
 from rounded anthropometric means of adults (eye corners at +-45 / +-17 mm, pupils 63 mm apart,

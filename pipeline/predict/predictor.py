@@ -1,10 +1,13 @@
 """AU prediction on a stream of frames: detect, choose or track faces, crop, FAN, head.
 
-`Engine` holds a bundle's frozen FAN and head. `predict_stream(frames, ...)` turns an iterator
-of (index, RGB image) into one `Row` per face per frame (or one `success = False` row for a
-frame without a face), in frame order, with bounded memory whatever the video's length. A
-frame that could not be decoded comes in as an `Unreadable` and gets its `success = False` row
-with the reason; its neighbours treat it as a frame without a face.
+`predict_stream(frames, engine, detector, ...)` turns an iterator of (index, RGB image) into
+one `Row` per face per frame (or one `success = False` row for a frame without a face), in frame
+order, with bounded memory whatever the video's length; `engine` (pipeline/predict/engine.py)
+holds the bundle's FAN and head on their runtime. Decoding and detection run on a background
+thread at most PREFETCH_CHUNKS chunks ahead (a bounded queue), so they overlap the FAN. A frame
+that could not be decoded comes in as an `Unreadable` and gets its `success = False` row with
+the reason; its neighbours treat it as a frame without a face. Face rows carry the 68 landmarks
+(source pixels, from the FAN's heatmaps) and the head pose (pipeline/faces/pose.py).
 
 - static heads are answered frame by frame;
 - temporal heads, `cached`: each face crop's features are kept for 2T + 1 frames, so frame t is
@@ -12,7 +15,11 @@ with the reason; its neighbours treat it as a frame without a face.
   is replaced by frame t itself, as the reference does);
 - temporal heads, `exact`: decoded frames are kept for 2T + 1 frames and the neighbours t - T,
   t + T are warped onto frame t's crop with the 5-point similarity the reference uses; three
-  FAN passes per frame.
+  FAN passes per frame;
+- `every` N: rows only for frames 0, N, 2N, ...; their neighbours t -+ T are still detected and
+  (cached) passed through the FAN, the other frames are dropped after decoding;
+- `gate` (videos): BlazeFace's finer tiles on face-free frames only as pipeline/faces/gate.py
+  allows.
 """
 from __future__ import annotations
 
