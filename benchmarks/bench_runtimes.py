@@ -16,17 +16,21 @@ FACE_NOFACE = VIDEO.parent / "face_noface.mov"
 RATIO_TARGET, DIFF_TARGET, FACE_FREE_TARGET = 1.4, 1e-4, 3.0
 
 
-def timed(bundle: Path, video: Path, out: Path, temporal: str, **extra) -> tuple[float, pd.DataFrame, dict]:
-    """(frames/s, table, summary) of a second run (the first loads, exports, warms up); the
+def timed(bundle: Path, video: Path, out: Path, temporal: str, warm: bool = True,
+          **extra) -> tuple[float, pd.DataFrame, dict]:
+    """(frames/s, table, summary) of a second run (the first loads, exports, warms up), or with
+    warm=False of one run, from its summary (whose seconds exclude loading the engine); the
     table's probabilities unrounded (the tables round them to 4 decimals)."""
     from stages import predict_outputs
 
     with mock.patch.object(predict_outputs, "round", create=True, new=lambda v, n=0: v):
-        predict_once(bundle, video, out / "warm", temporal, format="parquet", **extra)
+        if warm:
+            predict_once(bundle, video, out / "warm", temporal, format="parquet", **extra)
         t0 = time.perf_counter()
         r = predict_once(bundle, video, out / "timed", temporal, format="parquet", **extra)
         wall = time.perf_counter() - t0
-    return r["frames"] / wall, pd.read_parquet(out / "timed" / f"{video.stem}.parquet"), r
+    fps = r["frames"] / wall if warm else r["frames_per_s"]
+    return fps, pd.read_parquet(out / "timed" / f"{video.stem}.parquet"), r
 
 
 def prob_diff(a: pd.DataFrame, b: pd.DataFrame) -> float:
@@ -71,7 +75,7 @@ def modes(bundle: Path, tmp: Path) -> None:
         for temporal in ("cached", "exact"):
             for flip in (False, True):
                 fps, df, _ = timed(bundle, video, tmp / f"m-{video.stem}-{temporal}-{flip}",
-                                   temporal, tta_flip=flip)
+                                   temporal, warm=False, tta_flip=flip)
                 c = [x for x in df.columns if x.endswith("_c")]
                 face = (df.success == 1).to_numpy()
                 dec = df.loc[face, c].to_numpy(float)
