@@ -177,6 +177,11 @@ def _models(args: argparse.Namespace) -> int:
         print(f"{m['name']}: {m['variant']}, {len(m['aus'])} AUs ({', '.join(m['aus'])}); "
               f"{m['source']}; trained on {m['trained_on']} ({m['fold']}){rw}\n  {m['thresholds']}"
               f"\n  {m['path']}")
+        d = m["defaults"]
+        print(f"  predict defaults: --temporal {d['temporal']} --tta {d['tta']} (T = {d['T']}, "
+              f"crop {d['crop']} {d['crop_size']} px; FAN passes per frame: "
+              f"{(3 if d['temporal'] == 'exact' else 1) * (2 if d['tta'] == 'flip' else 1)} for a "
+              "temporal head)")
     return 0
 
 
@@ -189,7 +194,8 @@ def _predict(args: argparse.Namespace) -> int:
                         sequence=args.sequence, fps=args.fps, save_aligned=args.save_aligned,
                         render=args.render, skip_existing=args.skip_existing,
                         allow_random_weights=args.allow_random_weights,
-                        batch_size=args.batch_size, device=args.device)
+                        batch_size=args.batch_size, device=args.device,
+                        runtime=args.runtime, every=args.every)
     summary = predict.run(cfg, progress=not args.quiet)
     print(predict.format_summary(summary))
     return _report_failures(summary)
@@ -339,6 +345,10 @@ def _predict_command(sub) -> None:
                     help="run a bundle made from the untrained backbone (tests, demo)")
     pr.add_argument("--batch-size", type=int, default=8)
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                    help="where the FAN and head run (auto: ONNX Runtime on the CPU when installed)")
+    pr.add_argument("--every", type=int, default=1, metavar="N",
+                    help="predict every Nth video frame (rows only for those; neighbours stay true)")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
     pr.set_defaults(func=_predict)
 

@@ -251,7 +251,11 @@ def list_models(folder: Path) -> list[dict]:
                         "source": spec.provenance.get("source"),
                         "trained_on": spec.provenance.get("dataset") or spec.provenance.get("trained_on"),
                         "fold": spec.provenance.get("fold") or spec.provenance.get("test_fold"),
-                        "thresholds": _threshold_note(spec)})
+                        "thresholds": _threshold_note(spec),
+                        "defaults": {"temporal": spec.default_temporal.value,
+                                     "tta": "flip" if spec.tta_flip else "none",
+                                     "T": spec.temporal_offset, "crop": spec.crop.mode.value,
+                                     "crop_size": spec.crop.size}})
         except BundleError as e:
             out.append({"path": str(spec_file.parent), "error": str(e)})
     return out

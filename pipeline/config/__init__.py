@@ -12,7 +12,7 @@ from pipeline.config.learning import (LATENT_DIMS, Backbone, ConsistencyForm, De
                                       Variant)
 from pipeline.config.loader import load_config, member_configs, parse_override
 from pipeline.config.predict import (PREDICT_DEVICE, CropMode, FacesMode, OutputFormat,
-                                     PredictConfig, TemporalMode)
+                                     PredictConfig, Runtime, TemporalMode)
 from pipeline.config.run import RunConfig
 from pipeline.errors import ConfigError
 
@@ -20,7 +20,8 @@ __all__ = [
     "Backbone", "ConfigError", "ConsistencyForm", "CropMode", "DaskConfig", "DatasetConfig",
     "DetectorKind", "Device", "EvalConfig", "FaceRule", "FacesConfig", "FacesMode",
     "FeaturesConfig", "FoldScheme", "LATENT_DIMS", "Layout", "OnBadInput", "OutputFormat",
-    "PREDICT_DEVICE", "PredictConfig", "PriorConfig", "RunConfig", "Strict", "TemporalMode",
-    "TemporalRule", "ThresholdChoice", "TilePyramid", "TrainConfig", "Variant", "load_config", "member_configs",
+    "PREDICT_DEVICE", "PredictConfig", "PriorConfig", "RunConfig", "Runtime", "Strict",
+    "TemporalMode", "TemporalRule", "ThresholdChoice", "TilePyramid", "TrainConfig", "Variant",
+    "load_config", "member_configs",
     "parse_override",
 ]
