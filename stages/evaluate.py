@@ -207,8 +207,7 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
     inputs_key = fingerprint({"units": unit_keys, "eval": cfg.section("eval"),
                               "code": code_key("stages.evaluate")}
                              | ({"request": eval_id(cfg)} if cfg.dataset.subjects else {}))
-    config_key = eval_id(cfg)
-    last = tables.latest(catalog, "runs", name, config_key).to_pylist()
+    last = tables.latest(catalog, "runs", name, eval_id(cfg)).to_pylist()
     if not ok and last and last[0]["inputs_key"] == inputs_key:
         return summary | {"skipped": True, "run": last[0]["run"],
                           "random_weights": bool(last[0]["random_weights"])}
@@ -216,7 +215,31 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
     if mix.is_mix(cfg):  # the mix's rows scored per member, on the AUs each labels
         pred = mixed_eval.split_members(pred, cfg)
     scored = _scored(pred, catalog, cfg)
-    variants = [v.value for v in Variant if v.value in set(pred["variant"])]
+    frames = _report_frames(cfg, catalog, pred, scored, units)
+    random_weights = any((read_provenance(Path(u.out)) or {}).get("random_weights", False)
+                         for u in units)
+    timings = {r.unit: round(r.seconds, 3) for r in ok}
+    run_id, written = _write_run(cfg, catalog, frames, unit_keys, {
+        "config_key": eval_id(cfg), "inputs_key": inputs_key, "random_weights": random_weights,
+        "variants": _variants(pred), "eval_datasets": sorted(scored), "n_units": len(units)},
+        timings, t0)
+    avg = frames["metrics"]
+    avg = avg[(avg.au == "Avg") & (avg.fold == scoring.MEAN)]
+    return summary | {"skipped": False, "run": run_id, "random_weights": random_weights,
+                      "written": written, "frames": int(len(pred)) // max(len(_variants(pred)), 1),
+                      "no_face": int((~pred["face_found"]).sum()),
+                      "avg_f1": {f"{r.eval_dataset}/{r.variant}": round(float(r.f1), 4)
+                                 for r in avg.itertuples()},
+                      "significance": frames["significance"].to_dict("records")}
+
+
+def _variants(pred: pd.DataFrame) -> list[str]:
+    return [v.value for v in Variant if v.value in set(pred["variant"])]
+
+
+def _report_frames(cfg: RunConfig, catalog: Catalog, pred: pd.DataFrame, scored: dict,
+                   units: list[EvalUnit]) -> dict[str, pd.DataFrame]:
+    """Every report table of one run, from its predictions (store.tables.TABLES but `runs`)."""
     n_aus = sum(c.endswith("_prob") for c in pred.columns)
     metrics = scoring.metric_rows(pred, scored, cfg.eval.threshold)
     significance = scoring.significance_rows(pred, scored, cfg.eval)
@@ -226,12 +249,12 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
                             ignore_index=True)
         comparison, versus_single = mixed_eval.comparison(pred, cfg, cfg.eval)
         significance = pd.concat([significance, versus_single], ignore_index=True)
-    frames = {
+    return {
         "predictions": pred,
         "metrics": metrics,
         "significance": significance,
         "cooccurrence": scoring.cooccurrence_rows(pred, scored),
-        "complexity": scoring.complexity_rows(variants, n_aus),
+        "complexity": scoring.complexity_rows(_variants(pred), n_aus),
         "prior_metrics": _prior_rows(cfg, catalog),
         "comparison": comparison,
         "calibration": calibration.calibration_rows(pred, scored),
@@ -239,34 +262,32 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
         "thresholds": thresholds.threshold_rows(
             pred, scored, thresholds.given([(u.variant, u.fold, u.out) for u in units]), cfg.eval),
     }
-    random_weights = any((read_provenance(Path(u.out)) or {}).get("random_weights", False)
-                         for u in units)
-    run_id = new_run_id()
-    config = cfg.section("eval")
+
+
+def _write_run(cfg: RunConfig, catalog: Catalog, frames: dict[str, pd.DataFrame],
+               unit_keys: dict[str, str], facts: dict, timings: dict, t0: float
+               ) -> tuple[str, dict[str, str]]:
+    """Append one new run's partitions of every table, the `runs` row last (it marks the run
+    complete); (run id, {table: partition written})."""
+    name, run_id, config = cfg.dataset.name, new_run_id(), cfg.section("eval")
     written = {}
     for table, df in frames.items():
         if len(df):
             arrow = pa.Table.from_pandas(df, preserve_index=False)
             written[table] = str(tables.append(catalog, table, name, run_id, arrow,
                                                stage=STAGE, config=config, inputs=unit_keys))
-    timings = {r.unit: round(r.seconds, 3) for r in ok} | {"finish": round(time.perf_counter() - t0, 3)}
+    timings = timings | {"finish": round(time.perf_counter() - t0, 3)}
     runs = pa.Table.from_pylist([{
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "config_key": config_key, "config_json": json.dumps(json.loads(cfg.model_dump_json()), sort_keys=True),
+        "config_key": facts["config_key"],
+        "config_json": json.dumps(json.loads(cfg.model_dump_json()), sort_keys=True),
         "code_version": code_key("stages.evaluate"), "inputs_json": json.dumps(unit_keys, sort_keys=True),
-        "inputs_key": inputs_key, "timings_json": json.dumps(timings, sort_keys=True),
-        "random_weights": random_weights, "variants": variants,
-        "eval_datasets": sorted(scored), "n_units": len(units)}])
+        "inputs_key": facts["inputs_key"], "timings_json": json.dumps(timings, sort_keys=True),
+        "random_weights": facts["random_weights"], "variants": facts["variants"],
+        "eval_datasets": facts["eval_datasets"], "n_units": facts["n_units"]}])
     written["runs"] = str(tables.append(catalog, "runs", name, run_id, runs, stage=STAGE,
                                         config=config, inputs=unit_keys))  # last: run complete
-    avg = frames["metrics"]
-    avg = avg[(avg.au == "Avg") & (avg.fold == scoring.MEAN)]
-    return summary | {"skipped": False, "run": run_id, "random_weights": random_weights,
-                      "written": written, "frames": int(len(pred)) // max(len(variants), 1),
-                      "no_face": int((~pred["face_found"]).sum()),
-                      "avg_f1": {f"{r.eval_dataset}/{r.variant}": round(float(r.f1), 4)
-                                 for r in avg.itertuples()},
-                      "significance": frames["significance"].to_dict("records")}
+    return run_id, written
 
 
 def format_summary(summary: dict) -> str:
