@@ -196,22 +196,7 @@ def run_unit(cfg: PredictConfig, catalog, unit: PredictUnit, progress=None) -> d
     df = outputs.table(rows, spec.aus, spec.thresholds, fps=fps if video else None, files=files,
                        random_weights=spec.random_weights, times=times)
     table_path = out / f"{unit.name}.{cfg.format.value}"
-    outputs.write_table(df, table_path, cfg.format.value)
-    written = [table_path]
-    if video:
-        png = out / f"{unit.name}_timeline.png"
-        outputs.timeline(df, spec.aus, f"{unit.name}: AU probabilities ({spec.name})", png,
-                         spec.random_weights)
-        written.append(png)
-        if cfg.render and unit.kind is UnitKind.VIDEO:
-            mp4 = out / f"{unit.name}_annotated.mp4"
-            outputs.render(iter_video(src), df, spec.aus, mp4, fps, spec.random_weights)
-            written.append(mp4)
-    aligned = sum(r.success for r in rows) if cfg.save_aligned else 0  # one crop per face row
-    if cfg.save_aligned and not video:
-        for r, name in zip(rows, files):
-            if r.crop is not None:
-                outputs.save_aligned(out / f"{unit.name}_aligned", r, name)
+    written, aligned = _write_outputs(cfg, unit, spec, df, rows, files, fps, table_path)
     faces = len({r.frame for r in rows if r.success})
     bad = [(r.frame, r.reason) for r in rows if not r.success and r.reason != NO_FACE]
     seconds = time.perf_counter() - t0
@@ -224,22 +209,54 @@ def run_unit(cfg: PredictConfig, catalog, unit: PredictUnit, progress=None) -> d
                "face_free_frames_searched": info.get("gate"),
                "timing": {k: round(v, 3) for k, v in
                           (timing | {k: eng.timing[k] - before.get(k, 0.0) for k in eng.timing}).items()}}
-    error = None
     if unit.kind is UnitKind.VIDEO and expected and decoded < expected:
         summary["note"] = f"decoded {decoded} of the {expected} frames the container lists"
-    if unit.kind is UnitKind.VIDEO and expected - decoded > max(TRUNCATION_FRAMES, TRUNCATION_SHARE * expected):
-        error = (f"{src}: truncated: decoded {decoded} of the {expected} frames its container "
-                 f"lists; {table_path} holds the rows of those")
-    elif bad:
-        named = "; ".join(reason for _, reason in bad[:UNREADABLE_NAMED])
-        error = (f"{len(bad)} of {n_frames} {'frames' if video else 'images'} could not be "
-                 f"decoded ({named}{'; ...' if len(bad) > UNREADABLE_NAMED else ''}); their rows in "
-                 f"{table_path} say so (success = 0, reason), the others have their values")
+    error = _input_error(unit, expected, decoded, bad, n_frames, table_path)
     record.write_record(cfg, unit, summary, _options(cfg), table=table_path, rows=len(df),
                         files=written, aligned=aligned, error=error)
     if error:
         raise InputError(error)
     return summary
+
+
+def _write_outputs(cfg: PredictConfig, unit: PredictUnit, spec, df, rows: list, files,
+                   fps: float, table_path: Path) -> tuple[list[Path], int]:
+    """The input's table, then its timeline, annotated video and aligned crops as asked;
+    (files written, aligned crops)."""
+    out, video = Path(cfg.out), unit.kind is not UnitKind.IMAGES
+    outputs.write_table(df, table_path, cfg.format.value)
+    written = [table_path]
+    if video:
+        png = out / f"{unit.name}_timeline.png"
+        outputs.timeline(df, spec.aus, f"{unit.name}: AU probabilities ({spec.name})", png,
+                         spec.random_weights)
+        written.append(png)
+        if cfg.render and unit.kind is UnitKind.VIDEO:
+            mp4 = out / f"{unit.name}_annotated.mp4"
+            outputs.render(iter_video(Path(unit.source)), df, spec.aus, mp4, fps, spec.random_weights)
+            written.append(mp4)
+    aligned = sum(r.success for r in rows) if cfg.save_aligned else 0  # one crop per face row
+    if cfg.save_aligned and not video:
+        for r, name in zip(rows, files):
+            if r.crop is not None:
+                outputs.save_aligned(out / f"{unit.name}_aligned", r, name)
+    return written, aligned
+
+
+def _input_error(unit: PredictUnit, expected: int, decoded: int, bad: list, n_frames: int,
+                 table_path: Path) -> str | None:
+    """What was wrong with the input, after its rows were written: a truncated video, or frames
+    and images that could not be decoded; None when nothing was."""
+    video = unit.kind is not UnitKind.IMAGES
+    if unit.kind is UnitKind.VIDEO and expected - decoded > max(TRUNCATION_FRAMES, TRUNCATION_SHARE * expected):
+        return (f"{Path(unit.source)}: truncated: decoded {decoded} of the {expected} frames its "
+                f"container lists; {table_path} holds the rows of those")
+    if bad:
+        named = "; ".join(reason for _, reason in bad[:UNREADABLE_NAMED])
+        return (f"{len(bad)} of {n_frames} {'frames' if video else 'images'} could not be "
+                f"decoded ({named}{'; ...' if len(bad) > UNREADABLE_NAMED else ''}); their rows in "
+                f"{table_path} say so (success = 0, reason), the others have their values")
+    return None
 
 
 def in_process(cfg: PredictConfig, todo: list[PredictUnit], progress: bool = True,
