@@ -1,0 +1,154 @@
+"""The feature store's layout and writer: frozen-FAN features per frame in one Zarr v3 group, and its reader.
+
+Layout (docs/architecture.md "Feature store"; numbers behind the choices in docs/features.md):
+
+    features    float16 (N, C, H, W)   one frame per inner chunk, `frames_per_shard` per shard file
+    valid       bool (N,)              features computed (a face was found)
+    shard_done  bool (n_shards,)       completion record, set only after the shard's data is written
+    shard_key   uint8 (n_shards, 64)   ASCII key of the inputs each done shard was made from
+    attrs       provenance (dict; its `key` is set only once every shard is done with the keys the
+                config gives), random_weights (bool), frames_per_shard, codec
+
+A shard's key covers exactly what it is computed from: the content digests of its rows' crops
+(`store.crops`), the features identity (backbone, weights, dtype, storage) and the code of the
+per-frame computation, so labels never reach features, and one changed image redoes the one
+shard that holds it. The store is created whole under a temporary name and renamed into place.
+
+One frame per inner chunk makes a random frame cost one ~2.6 MB decode instead of a whole
+multi-frame block; sharding keeps the number of files at N / frames_per_shard. `valid`,
+`shard_done` and `shard_key` are chunked so that each shard owns its own chunks: workers in
+different processes write different shards without read-modify-write races on shared chunks
+(which is also why per-shard keys live in an array, not in the group attributes).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+
+from store.provenance import atomic_dir
+
+FEATURE_CHANNELS = 768  # F_l (256) + H1*A (256) + H2*A (256)
+FEATURE_SIZE = 64  # 256x256 crop -> 64x64 feature map
+KEY_BYTES = 64  # room for a fingerprint / sha256 hex digest per shard
+REQUIRED = ("features", "valid", "shard_done", "shard_key")
+CODECS = ("blosc-lz4", "blosc-zstd", "zstd", "none")
+BLOSC_LEVEL = 5
+ZSTD_LEVEL = 3
+
+
+def _compressors(codec: str) -> Any:
+    if codec == "blosc-lz4":
+        # byte shuffle groups the float16 high/low bytes: 0.42 of raw at ~185 MB/s write
+        return [BloscCodec(cname="lz4", clevel=BLOSC_LEVEL, shuffle=BloscShuffle.shuffle)]
+    if codec == "blosc-zstd":
+        return [BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle=BloscShuffle.shuffle)]
+    if codec == "zstd":
+        return [ZstdCodec(level=ZSTD_LEVEL)]
+    if codec == "none":
+        return None
+    raise ValueError(f"unknown feature codec {codec!r}; choose one of {CODECS}")
+
+
+def n_shards_for(n_frames: int, frames_per_shard: int) -> int:
+    return max(1, -(-int(n_frames) // int(frames_per_shard)))
+
+
+def shard_range(shard_index: int, n_frames: int, frames_per_shard: int) -> tuple[int, int]:
+    """[start, stop) rows of a shard; the last one may be short."""
+    start = shard_index * frames_per_shard
+    if shard_index < 0 or start >= max(n_frames, 1):
+        raise IndexError(f"shard {shard_index} out of range for {n_frames} frames "
+                         f"({frames_per_shard} per shard)")
+    return start, min(start + frames_per_shard, n_frames)
+
+
+def create_feature_store(path: str | Path, n_frames: int, *, channels: int = FEATURE_CHANNELS,
+                         size: int = FEATURE_SIZE, dtype: str = "float16",
+                         frames_per_shard: int = 32, codec: str = "blosc-lz4",
+                         attrs: dict) -> zarr.Group:
+    """Create (overwriting) an empty feature store; `attrs` should hold `provenance`."""
+    if n_frames < 1:
+        raise ValueError(f"a feature store needs at least one frame, got n_frames={n_frames}")
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"feature dtype must be float16 or float32, got {dtype!r}")
+    fps = int(frames_per_shard)
+    n_shards = n_shards_for(n_frames, fps)
+    compressors = _compressors(codec)
+    with atomic_dir(Path(path)) as tmp:
+        _build(tmp, n_frames, channels, size, dtype, fps, n_shards, compressors, codec, attrs)
+    return zarr.open_group(str(path), mode="r+")
+
+
+def _build(path: Path, n_frames: int, channels: int, size: int, dtype: str, fps: int,
+           n_shards: int, compressors, codec: str, attrs: dict) -> None:
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    # the outer shard must divide evenly into inner chunks; the array's last shard may be partial
+    group.create_array("features", shape=(n_frames, channels, size, size), dtype=dtype,
+                       chunks=(1, channels, size, size), shards=(fps, channels, size, size),
+                       compressors=compressors, fill_value=0)
+    group.create_array("valid", shape=(n_frames,), dtype="bool", chunks=(fps,), fill_value=False)
+    group.create_array("shard_done", shape=(n_shards,), dtype="bool", chunks=(1,),
+                       fill_value=False)
+    group.create_array("shard_key", shape=(n_shards, KEY_BYTES), dtype="uint8",
+                       chunks=(1, KEY_BYTES), fill_value=0)
+    meta = dict(attrs)
+    meta.setdefault("provenance", {})
+    meta.setdefault("random_weights", bool(meta["provenance"].get("random_weights", False)))
+    meta.update(frames_per_shard=fps, codec=codec)
+    group.attrs.update(meta)
+
+
+def is_complete_layout(path: str | Path) -> bool:
+    try:
+        g = zarr.open_group(str(path), mode="r")
+        return all(name in g for name in REQUIRED)
+    except (FileNotFoundError, ValueError, KeyError, OSError):
+        return False
+
+
+def write_shard(group: zarr.Group, shard_index: int, features: np.ndarray,
+                valid: np.ndarray) -> None:
+    """Write one whole shard's features (n, C, H, W) and valid flags (n,); n = the shard's rows."""
+    fps = int(group.attrs["frames_per_shard"])
+    arr = group["features"]
+    n_frames = arr.shape[0]
+    start, stop = shard_range(shard_index, n_frames, fps)
+    n = stop - start
+    if features.shape != (n, *arr.shape[1:]):
+        raise ValueError(f"shard {shard_index} (rows {start}..{stop - 1}) needs features of shape "
+                         f"{(n, *arr.shape[1:])}, got {tuple(features.shape)}")
+    if np.shape(valid) != (n,):
+        raise ValueError(f"shard {shard_index} needs valid of shape ({n},), got {np.shape(valid)}")
+    # One write per whole shard: zarr encodes the shard file once (no read-modify-write).
+    # write_empty_chunks: zarr otherwise compares every inner chunk with the fill value to skip
+    # empty ones, a float16 elementwise pass that cost 60-85% of the write here (31 -> 4 ms per
+    # frame uncompressed, 32 -> 12 ms with blosc-lz4; docs/features.md). An all-zero frame (no
+    # face) then costs one tiny compressed chunk, and `valid`, not chunk presence, marks it.
+    arr = arr.with_config({"write_empty_chunks": True})
+    group["shard_done"][shard_index] = False  # a rewrite in progress is not done
+    arr[start:stop] = np.asarray(features, dtype=arr.dtype)
+    group["valid"][start:stop] = np.asarray(valid, dtype=bool)
+
+
+def mark_done(group: zarr.Group, shard_index: int, key: str) -> None:
+    """Record a shard as complete; call only after write_shard returned."""
+    raw = key.encode("ascii")
+    if len(raw) > KEY_BYTES:
+        raise ValueError(f"shard key longer than {KEY_BYTES} bytes: {key!r}")
+    buf = np.zeros(KEY_BYTES, dtype=np.uint8)
+    buf[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    group["shard_key"][shard_index] = buf  # key first, flag last: a flag never points at no key
+    group["shard_done"][shard_index] = True
+
+
+def done_shards(group: zarr.Group) -> dict[int, str]:
+    """{shard index: key} of every shard marked done."""
+    done = np.asarray(group["shard_done"][:])
+    keys = np.asarray(group["shard_key"][:])
+    return {int(i): bytes(keys[i]).rstrip(b"\0").decode("ascii") for i in np.flatnonzero(done)}
+
+
