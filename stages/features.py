@@ -28,8 +28,8 @@ from store import mix
 from store.catalog import Catalog
 from store.codekey import code_key
 from store.features import (CODE_ENTRY, FeatureStore, complete_with, create_feature_store,
-                            done_shards, expected_keys, is_complete_layout, mark_done, shard_range,
-                            store_key, write_shard)
+                            damaged_shards, done_shards, expected_keys, is_complete_layout,
+                            mark_done, shard_range, store_key, write_shard)
 from store.identity import features_identity
 from store.provenance import RANDOM_WEIGHTS_BANNER, record
 
@@ -72,11 +72,14 @@ def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) 
     out = catalog.features(cfg)
     n = crop_store.CropStore(crops_path).n_frames
     fps = cfg.features.frames_per_shard
-    done = {}
+    done, damaged = {}, {}
     if is_complete_layout(out):
         g = zarr.open_group(str(out), mode="r")
         if g["features"].shape[0] == n:
             done = done_shards(g)
+            # a done shard whose file is gone or damaged is done no more
+            damaged = damaged_shards(g, deep=bool((select or {}).get("verify")))
+            done = {s: k for s, k in done.items() if s not in damaged}
     todo = [s for s in range(len(keys)) if force or done.get(s) != keys[s]]
     groups, run_ = [], []
     for s in todo:  # contiguous runs of at most SHARDS_PER_UNIT shards
@@ -91,7 +94,7 @@ def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) 
                           sum(np.subtract(*shard_range(s, n, fps)[::-1]) for s in g))
              for g in groups]
     skipped = [f"shard{s}" for s in range(len(keys)) if s not in set(todo)]
-    return Plan(units, skipped, {"path": str(out), "keys": keys, "frames": n,
+    return Plan(units, skipped, {"path": str(out), "keys": keys, "frames": n, "damaged": sorted(damaged),
                                  "crops": str(crops_path), "crop_key": crop_rec["key"]})
 
 
@@ -99,6 +102,9 @@ def prepare(cfg: RunConfig, catalog: Catalog, plan: Plan) -> None:
     """Create the store (whole, atomically) unless one of this identity and size exists."""
     out, n = Path(plan.context["path"]), plan.context["frames"]
     if is_complete_layout(out) and zarr.open_group(str(out), mode="r")["features"].shape[0] == n:
+        g = zarr.open_group(str(out), mode="r+")
+        for s in plan.context["damaged"]:  # the units recompute them: done no more
+            g["shard_done"][s] = False
         return
     crops = zarr.open_group(plan.context["crops"], mode="r")
     size = crops["crops"].shape[1] // FEATURE_STRIDE

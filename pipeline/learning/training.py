@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from pipeline.learning.batches import (BackgroundLoader, batch_buffer, chunk_local_batches, epoch_samples,
                               gather_shifted, read_unique)
 from pipeline.config import TrainConfig
+from pipeline.errors import NonFinite
 from pipeline.learning.losses import consistency_loss, weighted_bce
 
 LOADER_DEPTH = 3  # batches read ahead by the background thread
@@ -84,6 +85,11 @@ def fit(model, store, frames: np.ndarray, y: np.ndarray, weights: torch.Tensor, 
                     loss = cls + t.consistency_weight * cons
                     sums["cons"] += float(cons.detach())
                     cons_rows += n
+                if not torch.isfinite(loss):  # never step on (or record) a NaN/Inf loss
+                    raise NonFinite(f"{desc}: the training loss is {float(loss)} at epoch "
+                                        f"{epoch} step {n_steps + 1}; nothing of this epoch is "
+                                        "kept. Lower train.lr, or check the features with "
+                                        "`aunet features --verify`")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -15,7 +15,8 @@ from pipeline.errors import MissingArtifact, StaleArtifact
 from store import crops as crop_store
 from store.catalog import Catalog
 from store.codekey import code_key
-from store.features.layout import done_shards, is_complete_layout, n_shards_for, shard_range
+from store.features.layout import (damaged_shards, done_shards, is_complete_layout, n_shards_for,
+                                   shard_range)
 from store.features.reader import FeatureStore
 from store.identity import features_identity
 from store.provenance import fingerprint
@@ -90,6 +91,16 @@ def verify(path: str | Path, keys: list[str]) -> dict:
         raise StaleArtifact(f"feature store {path} is incomplete ({n_done} of {len(keys)} shards "
                             "done) or was computed from other crops, weights or code than this "
                             "config's; run `aunet features` first")
+    bad = damaged_shards(g)
+    if bad:
+        raise StaleArtifact(f"feature store {path} is damaged: {damage_summary(bad)}; run "
+                            "`aunet features` to recompute what is gone")
     return rec
+
+
+def damage_summary(bad: dict[int, str], shown: int = 3) -> str:
+    """One line for damaged_shards' answer: the count and the first few."""
+    first = "; ".join(f"shard {s}: {why}" for s, why in sorted(bad.items())[:shown])
+    return f"{len(bad)} shard(s) missing or damaged ({first}{'; ...' if len(bad) > shown else ''})"
 
 

@@ -6,8 +6,14 @@ Layout (docs/architecture.md "Feature store"; numbers behind the choices in docs
     valid       bool (N,)              features computed (a face was found)
     shard_done  bool (n_shards,)       completion record, set only after the shard's data is written
     shard_key   uint8 (n_shards, 64)   ASCII key of the inputs each done shard was made from
+    shard_bytes int64 (n_shards,)      size of each done shard's file when it was written
     attrs       provenance (dict; its `key` is set only once every shard is done with the keys the
                 config gives), random_weights (bool), frames_per_shard, codec
+
+Damage is noticed (`damaged_shards`): every inner chunk ends in a crc32c (zarr 3's Crc32cCodec,
+checked by zarr on every decode; the shard index has its own), and a done shard's file must be
+on disk with the size recorded when it was written (a stat per shard: cheap enough for every
+check); `deep=True` also decodes every chunk, checking checksums and finiteness.
 
 A shard's key covers exactly what it is computed from: the content digests of its rows' crops
 (`store.crops`), the features identity (backbone, weights, dtype, storage) and the code of the
@@ -26,21 +32,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
+from pipeline.errors import InputError
 from store.provenance import atomic_dir
 
 FEATURE_CHANNELS = 768  # F_l (256) + H1*A (256) + H2*A (256)
 FEATURE_SIZE = 64  # 256x256 crop -> 64x64 feature map
 KEY_BYTES = 64  # room for a fingerprint / sha256 hex digest per shard
-REQUIRED = ("features", "valid", "shard_done", "shard_key")
+REQUIRED = ("features", "valid", "shard_done", "shard_key", "shard_bytes")
 CODECS = ("blosc-lz4", "blosc-zstd", "zstd", "none")
 BLOSC_LEVEL = 5
 ZSTD_LEVEL = 3
 
 
 def _compressors(codec: str) -> Any:
+    """The codec's bytes-to-bytes stage, then a crc32c of the result (checked on every read)."""
+    return [*(_compressor(codec) or []), Crc32cCodec()]
+
+
+def _compressor(codec: str) -> Any:
     if codec == "blosc-lz4":
         # byte shuffle groups the float16 high/low bytes: 0.42 of raw at ~185 MB/s write
         return [BloscCodec(cname="lz4", clevel=BLOSC_LEVEL, shuffle=BloscShuffle.shuffle)]
@@ -95,6 +108,8 @@ def _build(path: Path, n_frames: int, channels: int, size: int, dtype: str, fps:
                        fill_value=False)
     group.create_array("shard_key", shape=(n_shards, KEY_BYTES), dtype="uint8",
                        chunks=(1, KEY_BYTES), fill_value=0)
+    group.create_array("shard_bytes", shape=(n_shards,), dtype="int64", chunks=(1,),
+                       fill_value=-1)
     meta = dict(attrs)
     meta.setdefault("provenance", {})
     meta.setdefault("random_weights", bool(meta["provenance"].get("random_weights", False)))
@@ -130,8 +145,26 @@ def write_shard(group: zarr.Group, shard_index: int, features: np.ndarray,
     # face) then costs one tiny compressed chunk, and `valid`, not chunk presence, marks it.
     arr = arr.with_config({"write_empty_chunks": True})
     group["shard_done"][shard_index] = False  # a rewrite in progress is not done
-    arr[start:stop] = np.asarray(features, dtype=arr.dtype)
-    group["valid"][start:stop] = np.asarray(valid, dtype=bool)
+    # the whole shard is replaced: zarr would otherwise read the old file's index first (and
+    # fail on a damaged one)
+    shard_file(root_of(group), shard_index).unlink(missing_ok=True)
+    features = np.asarray(features, dtype=arr.dtype)
+    _check_finite(features, start, shard_index)
+    arr[start:stop] = features
+    # written even when all False, so that a missing file is damage, never "no faces"
+    group["valid"].with_config({"write_empty_chunks": True})[start:stop] = np.asarray(valid, bool)
+
+
+def _check_finite(features: np.ndarray, start: int, shard_index: int) -> None:
+    """Refuse NaN/Inf before anything of the shard is written (two reductions; a mask on failure)."""
+    if not np.issubdtype(features.dtype, np.floating):
+        return
+    t = torch.from_numpy(features)
+    if t.numel() == 0 or (torch.isfinite(t.amax()) and torch.isfinite(t.amin())):
+        return
+    bad = start + np.flatnonzero(~torch.isfinite(t).flatten(1).all(dim=1).numpy())
+    raise InputError(f"NaN/Inf in features for rows {bad[:10].tolist()} (shard {shard_index}); "
+                     "nothing of the shard was written")
 
 
 def mark_done(group: zarr.Group, shard_index: int, key: str) -> None:
@@ -142,7 +175,47 @@ def mark_done(group: zarr.Group, shard_index: int, key: str) -> None:
     buf = np.zeros(KEY_BYTES, dtype=np.uint8)
     buf[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
     group["shard_key"][shard_index] = buf  # key first, flag last: a flag never points at no key
+    group["shard_bytes"][shard_index] = shard_file(root_of(group), shard_index).stat().st_size
     group["shard_done"][shard_index] = True
+
+
+def root_of(group: zarr.Group) -> Path:
+    """The folder of a feature store group opened from a local path."""
+    return Path(group.store.root) / group.path
+
+
+def shard_file(root: Path, shard_index: int) -> Path:
+    """The file of one shard of `features` (zarr v3's default chunk keys: c/i/0/0/0)."""
+    return Path(root) / "features" / "c" / str(int(shard_index)) / "0" / "0" / "0"
+
+
+def damaged_shards(group: zarr.Group, deep: bool = False) -> dict[int, str]:
+    """{shard: what is wrong} for each shard marked done whose data is not what was written.
+
+    Always: its features file and valid-flags file are on disk, and the features file has the
+    size recorded by mark_done (one stat each). deep: also decode every chunk of the shard
+    (zarr checks each crc32c) and check the values are finite: reads the whole store.
+    """
+    root = root_of(group)
+    done = np.flatnonzero(np.asarray(group["shard_done"][:]))
+    sizes = np.asarray(group["shard_bytes"][:])
+    arr, n, fps = group["features"], group["features"].shape[0], int(group.attrs["frames_per_shard"])
+    bad = {}
+    for s in done.tolist():
+        f = shard_file(root, s)
+        if not f.is_file():
+            bad[s] = f"file {f.relative_to(root)} missing"
+        elif f.stat().st_size != sizes[s]:
+            bad[s] = f"file {f.relative_to(root)} is {f.stat().st_size} bytes, {sizes[s]} written"
+        elif not (root / "valid" / "c" / str(s)).is_file():
+            bad[s] = f"file valid/c/{s} missing"
+        elif deep:
+            a, b = shard_range(s, n, fps)
+            try:
+                _check_finite(np.asarray(arr[a:b]), a, s)
+            except ValueError as e:  # zarr's checksum mismatch, or InputError (NaN/Inf)
+                bad[s] = f"file {f.relative_to(root)}: {e}"
+    return bad
 
 
 def done_shards(group: zarr.Group) -> dict[int, str]:

@@ -124,7 +124,7 @@ class FeatureStore:
             if r == last_row:
                 out[pos] = out[last_pos]  # duplicate: copy, no second decode
                 continue
-            frame = self._features[r]  # (C, H, W) as stored
+            frame = self._frame(r)  # (C, H, W) as stored
             if channels_last:
                 # OpenCV's blocked transpose: 1.6 ms per frame, where numpy's and torch's
                 # strided copies take ~10 (single thread); it also runs without the GIL
@@ -137,7 +137,29 @@ class FeatureStore:
             else:
                 out[pos] = frame
             last_row, last_pos = r, pos
+        self._check_finite(view, rows)
         return view
+
+    def _frame(self, row: int) -> np.ndarray:
+        """One frame as stored; a chunk whose checksum fails is a one-line StaleArtifact."""
+        try:
+            return self._features[row]
+        except ValueError as e:
+            if "checksum" not in str(e):
+                raise
+            s = self.shard_of(row)
+            raise StaleArtifact(f"feature store {self.path}: frame {row} (shard {s}) fails its "
+                                "checksum, the shard file is damaged; run `aunet features "
+                                "--verify` to recompute it") from None
+
+    def _check_finite(self, view: np.ndarray, rows: np.ndarray) -> None:
+        """NaN/Inf in what is handed out is refused, naming the rows (two reductions per batch)."""
+        t = torch.from_numpy(view)
+        if t.numel() == 0 or (torch.isfinite(t.amax()) and torch.isfinite(t.amin())):
+            return
+        bad = rows[~torch.isfinite(t).flatten(1).all(dim=1).numpy()]
+        raise StaleArtifact(f"feature store {self.path}: rows {bad[:10].tolist()} hold NaN/Inf; "
+                            "run `aunet features --verify` to recompute their shards")
 
     def dask(self):
         """dask array (N, C, H, W) over the features (stored dtype), DASK_FRAMES per chunk.
