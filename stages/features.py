@@ -109,7 +109,7 @@ def prepare(cfg: RunConfig, catalog: Catalog, plan: Plan) -> None:
     crops = zarr.open_group(plan.context["crops"], mode="r")
     size = crops["crops"].shape[1] // FEATURE_STRIDE
     f = cfg.features
-    create_feature_store(out, n, channels=FEATURE_CHANNELS, size=size, dtype=f.dtype,
+    create_feature_store(out, n, channels=FEATURE_CHANNELS, size=size, dtype=f.dtype.value,
                          frames_per_shard=f.frames_per_shard, codec=f.codec,
                          attrs={"provenance": {},
                                 "random_weights": weights_identity(f).startswith("random")})
@@ -130,8 +130,8 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: FeaturesUnit, progress=None
     computed = written = 0
     pending: Optional[Future] = None
 
-    def _store(shard: int, key: str, feats: np.ndarray, valid: np.ndarray) -> None:
-        write_shard(g, shard, feats, valid)
+    def _store(shard: int, key: str, feats: np.ndarray, valid: np.ndarray, quant) -> None:
+        write_shard(g, shard, feats, valid, *(quant or ()))
         mark_done(g, shard, key)  # only after the data is on disk
 
     # One writer thread: compressing shard k overlaps computing shard k+1; at most one write in
@@ -153,15 +153,18 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: FeaturesUnit, progress=None
                     progress(stop - start)
                 continue  # resume: never rewrite a finished shard
             valid = success[start - first:stop - first]
+            # uint8: each shard's own (scale, offset) (n, C), small enough to allocate per shard
+            quant = tuple(np.zeros((stop - start, g["features"].shape[1]), np.float32)
+                          for _ in range(2)) if dtype == "uint8" else None
             feats = compute_shard(model, pixels[start - first:stop - first], valid, start,
                                   dtype=dtype, batch_size=cfg.features.batch_size, device=device,
                                   src=unit.crops_path, on_batch=progress,
-                                  buffer=buffers[written % len(buffers)])
+                                  buffer=buffers[written % len(buffers)], quant=quant)
             if progress:
                 progress(int((~valid).sum()))  # rows without a face are not computed
             if pending is not None:
                 pending.result()
-            pending = pool.submit(_store, shard, key, feats, valid)
+            pending = pool.submit(_store, shard, key, feats, valid, quant)
             computed += int(valid.sum())
             written += 1
         if pending is not None:
@@ -197,9 +200,9 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
     ok = [r for r in results if r.ok]
     seconds = sum(r.data["seconds"] for r in ok)
     computed_now = sum(r.data["computed"] for r in ok)
-    feat_bytes = _dir_bytes(out / "features")
+    feat_bytes = sum(_dir_bytes(out / a) for a in ("features", "scale", "offset") if (out / a).exists())
     c, h, w = store.shape
-    raw = c * h * w * store.dtype.itemsize
+    raw = c * h * w * store.stored_dtype.itemsize
     n_valid = int(store.valid.sum())
     return {
         "path": str(out), "frames": store.n_frames, "computed": n_valid,

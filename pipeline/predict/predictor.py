@@ -27,7 +27,8 @@ import torch
 from pipeline.faces.align import (AlignError, face_transform, neighbour_transform,
                             reference_centre_transform, transform_points, warp)
 from pipeline.predict.bundle import BundleSpec, load_backbone_of, load_head_of
-from pipeline.config import CropMode, TemporalMode
+from pipeline.quantise import roundtrip
+from pipeline.config import CropMode, FeatureDtype, TemporalMode
 from pipeline.faces.types import Detections, Detector
 from pipeline.faces.tracking import IouTracker, largest
 
@@ -100,7 +101,10 @@ class Engine:
         out = []
         for i in range(0, len(x), self.batch):
             xb = x[i:i + self.batch].to(self.device).float().div_(PIXEL_SCALE)
-            out.append(self.fan(xb).to("cpu", torch.float16))
+            f = self.fan(xb)  # (b, 768, h, w)
+            if self.spec.feature_dtype is FeatureDtype.UINT8:  # as the head's training cache
+                f = roundtrip(f)
+            out.append(f.to("cpu", torch.float16))
         self.timing["fan"] += time.perf_counter() - t0
         return torch.cat(out) if out else torch.zeros(0)
 

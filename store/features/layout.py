@@ -1,8 +1,9 @@
-"""The feature store's layout and writer: frozen-FAN features per frame in one Zarr v3 group, and its reader.
+"""The feature store's layout and writer: frozen-FAN features per frame in one Zarr v3 group.
 
 Layout (docs/architecture.md "Feature store"; numbers behind the choices in docs/features.md):
 
     features    float16 (N, C, H, W)   one frame per inner chunk, `frames_per_shard` per shard file
+                (or float32, or uint8 codes with scale and offset float32 (N, C): pipeline.quantise)
     valid       bool (N,)              features computed (a face was found)
     shard_done  bool (n_shards,)       completion record, set only after the shard's data is written
     shard_key   uint8 (n_shards, 64)   ASCII key of the inputs each done shard was made from
@@ -37,12 +38,15 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from pipeline.errors import InputError
+from pipeline.quantise import quantise
 from store.provenance import atomic_dir
 
 FEATURE_CHANNELS = 768  # F_l (256) + H1*A (256) + H2*A (256)
 FEATURE_SIZE = 64  # 256x256 crop -> 64x64 feature map
 KEY_BYTES = 64  # room for a fingerprint / sha256 hex digest per shard
 REQUIRED = ("features", "valid", "shard_done", "shard_key", "shard_bytes")
+QUANT = ("scale", "offset")  # (N, C) float32 each, uint8 stores only
+DTYPES = ("float16", "float32", "uint8")
 CODECS = ("blosc-lz4", "blosc-zstd", "zstd", "none")
 BLOSC_LEVEL = 5
 ZSTD_LEVEL = 3
@@ -86,8 +90,9 @@ def create_feature_store(path: str | Path, n_frames: int, *, channels: int = FEA
     """Create (overwriting) an empty feature store; `attrs` should hold `provenance`."""
     if n_frames < 1:
         raise ValueError(f"a feature store needs at least one frame, got n_frames={n_frames}")
-    if dtype not in ("float16", "float32"):
-        raise ValueError(f"feature dtype must be float16 or float32, got {dtype!r}")
+    dtype = getattr(dtype, "value", dtype)  # a FeatureDtype or its name
+    if dtype not in DTYPES:
+        raise ValueError(f"feature dtype must be one of {DTYPES}, got {dtype!r}")
     fps = int(frames_per_shard)
     n_shards = n_shards_for(n_frames, fps)
     compressors = _compressors(codec)
@@ -104,6 +109,11 @@ def _build(path: Path, n_frames: int, channels: int, size: int, dtype: str, fps:
                        chunks=(1, channels, size, size), shards=(fps, channels, size, size),
                        compressors=compressors, fill_value=0)
     group.create_array("valid", shape=(n_frames,), dtype="bool", chunks=(fps,), fill_value=False)
+    if dtype == "uint8":  # x = q * scale + offset per frame and channel, one chunk per shard
+        for name in QUANT:
+            group.create_array(name, shape=(n_frames, channels), dtype="float32",
+                               chunks=(fps, channels), compressors=[Crc32cCodec()],
+                               fill_value=0)
     group.create_array("shard_done", shape=(n_shards,), dtype="bool", chunks=(1,),
                        fill_value=False)
     group.create_array("shard_key", shape=(n_shards, KEY_BYTES), dtype="uint8",
@@ -126,8 +136,12 @@ def is_complete_layout(path: str | Path) -> bool:
 
 
 def write_shard(group: zarr.Group, shard_index: int, features: np.ndarray,
-                valid: np.ndarray) -> None:
-    """Write one whole shard's features (n, C, H, W) and valid flags (n,); n = the shard's rows."""
+                valid: np.ndarray, scale: np.ndarray | None = None,
+                offset: np.ndarray | None = None) -> None:
+    """Write one whole shard's features (n, C, H, W) and valid flags (n,); n = the shard's rows.
+
+    A uint8 store takes uint8 codes with their scale and offset (n, C) (pipeline.quantise, as
+    the features stage makes them), or float features, quantised here."""
     fps = int(group.attrs["frames_per_shard"])
     arr = group["features"]
     n_frames = arr.shape[0]
@@ -148,8 +162,22 @@ def write_shard(group: zarr.Group, shard_index: int, features: np.ndarray,
     # the whole shard is replaced: zarr would otherwise read the old file's index first (and
     # fail on a damaged one)
     shard_file(root_of(group), shard_index).unlink(missing_ok=True)
+    quant = "scale" in group
+    if quant and features.dtype != np.uint8:
+        _check_finite(np.asarray(features), start, shard_index)
+        q, sc, off = quantise(torch.from_numpy(np.ascontiguousarray(features)))
+        features, scale, offset = q.numpy(), sc.numpy(), off.numpy()
     features = np.asarray(features, dtype=arr.dtype)
     _check_finite(features, start, shard_index)
+    if quant:
+        if scale is None or offset is None or np.shape(scale) != (n, arr.shape[1]) \
+                or np.shape(offset) != np.shape(scale):
+            raise ValueError(f"shard {shard_index} of a uint8 store needs scale and offset of "
+                             f"shape {(n, arr.shape[1])}")
+        for name, v in zip(QUANT, (scale, offset)):
+            v = np.asarray(v, np.float32)
+            _check_finite(v, start, shard_index)
+            group[name].with_config({"write_empty_chunks": True})[start:stop] = v
     arr[start:stop] = features
     # written even when all False, so that a missing file is damage, never "no faces"
     group["valid"].with_config({"write_empty_chunks": True})[start:stop] = np.asarray(valid, bool)
@@ -162,7 +190,7 @@ def _check_finite(features: np.ndarray, start: int, shard_index: int) -> None:
     t = torch.from_numpy(features)
     if t.numel() == 0 or (torch.isfinite(t.amax()) and torch.isfinite(t.amin())):
         return
-    bad = start + np.flatnonzero(~torch.isfinite(t).flatten(1).all(dim=1).numpy())
+    bad = start + np.flatnonzero(~torch.isfinite(t).reshape(len(t), -1).all(dim=1).numpy())
     raise InputError(f"NaN/Inf in features for rows {bad[:10].tolist()} (shard {shard_index}); "
                      "nothing of the shard was written")
 
@@ -209,10 +237,13 @@ def damaged_shards(group: zarr.Group, deep: bool = False) -> dict[int, str]:
             bad[s] = f"file {f.relative_to(root)} is {f.stat().st_size} bytes, {sizes[s]} written"
         elif not (root / "valid" / "c" / str(s)).is_file():
             bad[s] = f"file valid/c/{s} missing"
+        elif "scale" in group and not all((root / q / "c" / str(s) / "0").is_file() for q in QUANT):
+            bad[s] = f"file scale/c/{s}/0 or offset/c/{s}/0 missing"
         elif deep:
             a, b = shard_range(s, n, fps)
             try:
-                _check_finite(np.asarray(arr[a:b]), a, s)
+                for x in [arr] + [group[q] for q in QUANT if q in group]:
+                    _check_finite(np.asarray(x[a:b]), a, s)
             except ValueError as e:  # zarr's checksum mismatch, or InputError (NaN/Inf)
                 bad[s] = f"file {f.relative_to(root)}: {e}"
     return bad
