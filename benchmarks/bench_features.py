@@ -99,7 +99,7 @@ def throughput(args, root: Path) -> np.ndarray:
     n = args.frames
     print(f"\n== extraction throughput: {n} frames {CROP}x{CROP}, batch {args.batch_size}, "
           f"{torch.get_num_threads()} torch threads, {args.frames_per_shard} frames/shard, codec {args.codec}")
-    print(f"bare FAN loop : {n / bare:8.3f} frames/s (best of {[round(b, 2) for b in bares]} s)")
+    print(f"bare FAN loop : {n / bare:8.3f} frames/s (the machine's FAN rate) (best of {[round(b, 2) for b in bares]} s)")
     print(f"features stage: {n / stage:8.3f} frames/s (best of {[round(t, 2) for t in stages]} s, "
           f"incl. plan, crop reads, checks, compression, writes)")
     print(f"ratio stage/bare = {bare / stage:.3f} (target >= 0.9)")

@@ -6,7 +6,8 @@
 1. Stages manifest .. report on synthetic datasets of N frames (64 px crops from 64 px images
    with provided landmarks, random-weight FAN, one au_fan head on one fold for one epoch over
    every training frame, 20 bootstrap draws): each stage in a fresh process, its seconds per
-   1,000 frames and peak RSS (the child's ru_maxrss), and both as ratios of the first N.
+   1,000 frames (runner.execute timed, imports not) and peak RSS (the process's VmHWM,
+   imports included), and both as ratios of the first N.
    Targets: per-frame time at the largest N within 1.25x of the smallest, peak RSS within 1.3x.
 2. The manifest of the real BP4D label table (146,847 frames; the BP4D reader over label CSVs
    written from ../shared/data/labels, empty image files) and DISFA's (130,814 frames; the list
@@ -18,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -38,16 +40,26 @@ FACE = np.array([[22, 26], [42, 26], [32, 36], [25, 46], [39, 46]], np.float32) 
 AU_RATE = 0.3  # synthetic labels: P(AU active)
 
 
+MEASURED = ("import json, os, time\n"
+            "def _hwm():  # this process image's peak RSS (MB); ru_maxrss would carry the parent's\n"
+            "    for line in open('/proc/self/status'):\n"
+            "        if line.startswith('VmHWM:'):\n"
+            "            return int(line.split()[1]) / 1024\n")
+
+
 def _child(code: str, cwd: Path) -> tuple[float, float]:
-    """Run python code in a fresh process: (wall seconds, peak RSS MB of that process)."""
+    """Run python `code` (which sets `seconds`, the timed part) in a fresh process:
+    (seconds, peak RSS MB of that process, imports included)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=cwd, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"child failed ({status}): {code[:200]}")
-    return wall, usage.ru_maxrss / 1024  # KB -> MB on Linux
+    result = Path(f"/tmp/bench-scale-child-{os.getpid()}.json")
+    full = MEASURED + code + (f"\njson.dump({{'seconds': seconds, 'rss': _hwm()}}, "
+                              f"open({str(result)!r}, 'w'))\n")
+    proc = subprocess.run([sys.executable, "-c", full], cwd=cwd, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed ({proc.returncode}): {code[:200]}")
+    out = json.loads(result.read_text())
+    result.unlink()
+    return out["seconds"], out["rss"]
 
 
 def synthetic_dataset(root: Path, n: int) -> Path:
@@ -91,7 +103,9 @@ def stage_code(config: Path, stage: str) -> str:
             "from pipeline.config import load_config; from stages import runner\n"
             "from store.catalog import Catalog\n"
             f"cfg = load_config({str(config)!r})\n"
+            "t0 = time.perf_counter()\n"
             f"s = runner.execute({stage!r}, cfg, Catalog(cfg.store), progress=False)\n"
+            "seconds = time.perf_counter() - t0\n"
             "assert not s.get('failed'), s['failed']\n")
 
 
@@ -178,10 +192,31 @@ def bench_manifests(out: Path) -> None:
 
 def bench_eval(n: int, out: Path) -> None:
     code = (f"import sys; sys.argv = ['x', {str(out)!r}, '{n}']\n"
-            "from benchmarks.scale_eval import main; main()\n")
+            "from benchmarks.scale_eval import main\n"
+            "seconds = main()\n")
     wall, rss = _child(code, ROOT)
-    print(f"\n== evaluate + report on {n} frames of synthetic probabilities: {wall:.1f} s in all "
-          f"(process incl. set-up), peak RSS {rss:.0f} MB", flush=True)
+    print(f"== evaluate + report on {n} frames: {wall:.1f} s, peak RSS of the process (set-up, "
+          f"manifest and unit files included) {rss:.0f} MB", flush=True)
+
+
+def fan_rate(frames: int = 8, threads: int = 1) -> float:
+    """This machine's FAN rate: random-weight FAN forwards per second on 256 px crops, batch 8,
+    `threads` torch threads: printed beside absolute timings so they can be compared across
+    machines."""
+    import torch
+
+    from pipeline.config import FeaturesConfig
+    from pipeline.models.fan import load_backbone
+
+    torch.set_num_threads(threads)
+    model = load_backbone(FeaturesConfig(allow_random_weights=True))[0]
+    x = torch.rand(8, 3, 256, 256)
+    with torch.inference_mode():
+        model(x[:2])  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(frames // 8):
+            model(x)
+    return frames / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -194,6 +229,11 @@ def main() -> None:
     p.add_argument("--skip-eval", action="store_true")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    import warnings
+
+    warnings.simplefilter("ignore", UserWarning)
+    print(f"FAN rate (this machine, 1 thread, 256 px, batch 8): {fan_rate():.2f} frames/s",
+          flush=True)
     if not args.skip_manifests:
         bench_manifests(args.out / "manifests")
     if not args.skip_eval:

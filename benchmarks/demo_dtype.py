@@ -61,6 +61,9 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args()
     warnings.simplefilter("ignore", UserWarning)
+    from benchmarks.bench_scale import fan_rate
+
+    print(f"FAN rate (this machine, 1 thread, 256 px, batch 8): {fan_rate():.2f} frames/s")
     res = {d: run(args.config, args.out, d, args.set)
            for d in (FeatureDtype.FLOAT16, FeatureDtype.UINT8)}
     (m16, p16, s16), (m8, p8, s8) = res[FeatureDtype.FLOAT16], res[FeatureDtype.UINT8]
