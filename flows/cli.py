@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pipeline.config import ConfigError, FacesConfig, Variant, load_config, parse_override
+from pipeline.config import FacesConfig, Variant, load_config, parse_override
 from pipeline.errors import UserError, storage_message
 # Heavy libraries (torch, pandas, scikit-learn, Prefect, Dask) are imported where a command
 # uses them, not here: `aunet --help` and a config error answer in well under a second.
@@ -240,8 +240,15 @@ def _detector_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="aunet", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_stage_commands, _flow_commands, _bundle_commands, _predict_command, _query_command):
+        add(sub)
+    return p
+
+
+def _stage_commands(sub) -> None:
+    """One command per stage, run directly through the runner."""
     from stages.runner import STAGES  # light: the runner imports no torch at module level
 
     for name in STAGES:
@@ -260,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="also decode every done shard (checksums, finite values) and "
                                 "recompute the damaged ones; reads the whole store")
         s.set_defaults(func=_stage)
+
+
+def _flow_commands(sub) -> None:
+    """`run` and `demo`: the full pipeline as a Prefect flow."""
     r = sub.add_parser("run", help="run the full pipeline as a Prefect flow")
     _common(r)
     r.set_defaults(func=_flow)
@@ -271,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--detector-weights", help="BlazeFace weights for the demo's exported bundle "
                    "(default: face-alignment's download)")
     d.set_defaults(func=_flow)
+
+
+def _bundle_commands(sub) -> None:
+    """`export`, `import-reference`, `models`: portable model bundles."""
     e = sub.add_parser("export", help="write a model bundle of a trained head (for aunet predict)")
     _common(e)
     e.add_argument("--variant", required=True, type=_variant, help="au_fan, au_vae, au_tdn or aunet")
@@ -297,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="re-sign a bundle whose model.json you edited on purpose (e.g. tuned "
                          "thresholds): predict refuses an edited model.json until then")
     mo.set_defaults(func=_models)
+
+
+def _predict_command(sub) -> None:
     pr = sub.add_parser("predict", help="AUs of your videos and images with a model bundle")
     pr.add_argument("inputs", nargs="+", help="video files, image files, folders (recursive)")
     pr.add_argument("--model", required=True, help="a bundle folder (aunet export / import-reference)")
@@ -318,11 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
     pr.set_defaults(func=_predict)
+
+
+def _query_command(sub) -> None:
     q = sub.add_parser("query", help="SQL over the Parquet report tables (DuckDB)")
     q.add_argument("sql")
     q.add_argument("--store", default="artifacts", help="artifact folder (default: artifacts)")
     q.set_defaults(func=_query)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

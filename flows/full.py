@@ -57,7 +57,7 @@ def full_flow(params: FullParams):
 def closing_message(cfg: RunConfig) -> str:
     """The headline numbers of this config's evaluation run (Avg F1 per method next to the
     all-present baseline) and where the report is."""
-    from stages.report import headline
+    from stages.report_sections import headline
     from store import tables
     from store.identity import eval_id
     from store.provenance import RANDOM_WEIGHTS_BANNER

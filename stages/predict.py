@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from pipeline.predict.bundle import detector_config, read_spec
+from pipeline.predict.bundle import SPEC_FILE, detector_config, read_spec
 from pipeline.config import FacesMode, PredictConfig, TemporalMode
 from pipeline.faces.factory import make_detector
 from pipeline.errors import ConfigError, InputError, MissingInput, UserError
@@ -26,6 +26,7 @@ from pipeline.predict.predictor import NO_FACE, Engine, Unreadable, predict_stre
 from pipeline.video import MediaError, frame_count, iter_video, read_image, video_fps
 from stages import predict_outputs as outputs
 from stages import predict_record as record
+from stages import runner
 from stages.contract import UnitResult
 from stages.predict_inputs import (IMAGE_EXT, VIDEO_EXT, PredictUnit, UnitKind,  # noqa: F401
                                    mark_output, units)
@@ -62,16 +63,36 @@ def up_to_date(cfg: PredictConfig, unit: PredictUnit) -> bool:
     return record.up_to_date(cfg, unit, _options(cfg))
 
 
+def spec_of(model: Path):
+    """The bundle's model.json, read and checked once per version of the file (every unit of a
+    run, and the summary, share it; an edited file is read again)."""
+    return _spec(str(model), _version(model))
+
+
+def _version(model: Path) -> tuple | None:
+    try:
+        st = (Path(model) / SPEC_FILE).stat()
+        return (st.st_mtime_ns, st.st_size, st.st_ino)  # a re-export or an accepted edit is new
+    except OSError:  # read_spec says what is wrong
+        return None
+
+
+@lru_cache(maxsize=4)
+def _spec(model: str, version: tuple | None):
+    return read_spec(Path(model))
+
+
 @lru_cache(maxsize=1)
-def _engine(model: str, temporal: TemporalMode, tta: bool, batch: int, device: str, allow: bool):
-    spec = read_spec(Path(model))
+def _engine(model: str, version: tuple | None, temporal: TemporalMode, tta: bool, batch: int, device: str,
+            allow: bool):
+    spec = spec_of(Path(model))
     return spec, Engine(model, spec, temporal=temporal, tta_flip=tta, batch_size=batch,
                         device=device, allow_random_weights=allow), make_detector(detector_config(Path(model), spec))
 
 
 def engine(cfg: PredictConfig):
-    spec = read_spec(cfg.model)
-    return _engine(str(cfg.model), cfg.temporal or spec.default_temporal,
+    spec = spec_of(cfg.model)
+    return _engine(str(cfg.model), _version(cfg.model), cfg.temporal or spec.default_temporal,
                    spec.tta_flip if cfg.tta_flip is None else cfg.tta_flip, cfg.batch_size,
                    device(cfg.device), cfg.allow_random_weights)
 
@@ -215,8 +236,6 @@ def run_unit(cfg: PredictConfig, catalog, unit: PredictUnit, progress=None) -> d
 def in_process(cfg: PredictConfig, todo: list[PredictUnit], progress: bool = True,
                client=None) -> list[UnitResult]:
     """The command line's way of mapping the units: in order here, or over a Dask client."""
-    from stages import runner
-
     return runner.run_units(STAGE, cfg, None, todo, progress=progress, client=client, fn=run_unit)
 
 
@@ -238,9 +257,8 @@ def run(cfg: PredictConfig, *, progress: bool = True, client=None,
         if todo else []
     source = {u.name: u.source for u in todo}
     return {"results": [r.data | {"input": source[r.unit], "ok": r.ok} for r in results],
-            "skipped": [u.source for u in skipped], "failed": [r.error for r in results if not r.ok],
-            "traces": [r.trace for r in results if r.trace],
-            "random_weights": read_spec(cfg.model).random_weights}
+            "skipped": [u.source for u in skipped], **runner.failures(results),
+            "random_weights": spec_of(cfg.model).random_weights}
 
 
 def format_summary(s: dict) -> str:

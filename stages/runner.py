@@ -156,10 +156,15 @@ def prepare(stage: str, cfg: RunConfig, catalog: Catalog, p: Plan) -> None:
 
 def finish(stage: str, cfg: RunConfig, catalog: Catalog, p: Plan,
            results: list[UnitResult]) -> dict:
-    summary = module(stage).finish(cfg, catalog, p, results)
-    return summary | {"failed": [r.error for r in results if not r.ok],
-                      "user_failed": [r.error for r in results if not r.ok and r.data.get(USER_FAILURE)],
-                      "traces": [r.trace for r in results if r.trace]}
+    return module(stage).finish(cfg, catalog, p, results) | failures(results)
+
+
+def failures(results: list[UnitResult]) -> dict:
+    """A summary's failure lists: `failed` (one line per failed unit), `user_failed` (those that
+    failed on the user's input or the machine's state) and `traces` (of bugs)."""
+    return {"failed": [r.error for r in results if not r.ok],
+            "user_failed": [r.error for r in results if not r.ok and r.data.get(USER_FAILURE)],
+            "traces": [r.trace for r in results if r.trace]}
 
 
 def execute(stage: str, cfg: RunConfig, catalog: Catalog, *, force: bool = False,

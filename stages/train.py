@@ -32,7 +32,7 @@ from store.codekey import code_key
 from store.identity import head_identity, head_label
 from store.models import (HEAD_CODE, HeadInputs, checked_prior, head_selection, init_head,
                           read_checkpoint, save_checkpoint)
-from store.provenance import artifact_key, read_provenance, record, trusted, write_provenance
+from store.provenance import read_provenance, record, trusted, write_provenance
 
 STAGE = "train"
 
@@ -101,7 +101,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: TrainUnit, progress=None) -
     heads = HeadInputs(cfg, catalog)
     inputs = heads.inputs(variant, unit.fold)
     identity = head_identity(cfg, variant)
-    if artifact_key(identity, inputs, code_key(HEAD_CODE)) != unit.key:
+    if heads.key(variant, unit.fold) != unit.key:  # a worker checks what it reads (planned earlier)
         raise StaleArtifact(f"{unit.name}: its inputs changed since planning; run again")
     table = manifests.load(catalog, unit.dataset)
     au_set = au_set_of(table)

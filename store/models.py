@@ -125,11 +125,18 @@ class HeadInputs:
         self.shard_keys = feature_store.expected_keys(cfg, catalog)
         self.folds = manifests.load(catalog, cfg.dataset.name, ["fold"]).column("fold").to_numpy()
 
+        self._inputs: dict[tuple[str, int], dict] = {}
+
     def inputs(self, variant: Variant, fold: int) -> dict:
-        return head_inputs(self.cfg, self.catalog, variant, fold, self.manifest, self.shard_keys,
-                           self.folds, self.features)
+        """The head's inputs' keys (labels, feature shards, prior, init), read once per head."""
+        at = (Variant(variant).value, int(fold))
+        if at not in self._inputs:
+            self._inputs[at] = head_inputs(self.cfg, self.catalog, variant, fold, self.manifest,
+                                           self.shard_keys, self.folds, self.features)
+        return self._inputs[at]
 
     def key(self, variant: Variant, fold: int) -> str:
+        """The one place a head's key is built: its identity, its inputs, its code."""
         return artifact_key(head_identity(self.cfg, variant), self.inputs(variant, fold),
                             code_key(HEAD_CODE))
 

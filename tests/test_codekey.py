@@ -71,10 +71,10 @@ def test_comments_docstrings_and_unreached_code_do_not_count(edit):
 
 def test_a_new_field_of_another_stage_or_cli_flag_changes_no_key(edit):
     keys = {k: codekey.code_key(*e) for k, e in ALL_ENTRIES.items()}
-    edit({"pipeline.config": lambda s: s.replace(
+    edit({"pipeline.config.predict": lambda s: s.replace(
               "class PredictConfig(Strict):\n", "class PredictConfig(Strict):\n    new_option: int = 3\n"),
           "flows.cli": lambda s: s + "\nNEW_FLAG = '--new-flag'\n"})
-    assert "new_option" in codekey.read_source(codekey._origin("pipeline.config"))
+    assert "new_option" in codekey.read_source(codekey._origin("pipeline.config.predict"))
     assert {k: codekey.code_key(*e) for k, e in ALL_ENTRIES.items()} == keys
 
 
@@ -107,7 +107,7 @@ def test_an_alignment_change_recomputes_crops(edit):
 def test_stages_skip_after_a_declaration_edit_and_recompute_after_a_forward_edit(mini, edit):
     cfg = mini()
     run_stages(cfg, "manifest", "faces", "features")
-    edit({"pipeline.config": lambda s: s.replace(
+    edit({"pipeline.config.predict": lambda s: s.replace(
         "class PredictConfig(Strict):\n", "class PredictConfig(Strict):\n    new_option: int = 3\n")})
     assert run_stages(cfg, "manifest")["skipped"]
     assert not run_stages(cfg, "faces")["computed_chunks"]

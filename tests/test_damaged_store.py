@@ -121,7 +121,7 @@ def test_non_finite_loss_stops_the_head_unrecorded(make_feature_store):
         next(model.parameters()).fill_(float("nan"))
     saved = []
     y = np.random.default_rng(1).integers(0, 2, (8, 3)).astype(np.float32)
-    with pytest.raises(NonFinite, match=r"loss is nan at epoch 1 step 1"):
+    with pytest.raises(NonFinite, match=r"epoch 1 step 1: the training loss is nan"):
         fit(model, store, np.arange(8)[:, None], y, torch.ones(3),
             TrainConfig(epochs=2, batch_size=4), None, lambda e, s: saved.append(e),
             progress=False)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from conftest import BLAZE, run_stages
 from pipeline.config import FacesConfig, load_config
-from stages import report, runner
+from stages import report_sections, runner
 from stages.bundles import predict_demo_video
 from store import tables
 from store.catalog import Catalog
@@ -34,7 +34,7 @@ def test_au_fan_beats_all_positive_on_held_out_subjects(tmp_path):
     run_stages(cfg, *runner.STAGES[:-1])  # the report's figures are tested elsewhere
     cat = Catalog(cfg.store)
     metrics = tables.read_run(cat, "metrics", "demo", tables.latest_run(cat, "demo")).to_pandas()
-    head = {v: (f1, margin) for v, f1, margin in report.headline(metrics, "demo")}
+    head = {v: (f1, margin) for v, f1, margin in report_sections.headline(metrics, "demo")}
     assert set(head) == {"au_fan", "all_positive"}
     f1, margin = head["au_fan"]
     assert margin >= MIN_MARGIN, f"AU-FAN Avg F1 {f1:.3f}, only {margin:+.3f} over all-positive"

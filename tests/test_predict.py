@@ -139,7 +139,7 @@ def test_no_face_rows_images_folder_and_bad_inputs(bundles, capsys, tmp_path):
     out = tmp_path / "out"
     code, text, err = _predict(capsys, bundles["au_fan"], out, MEDIA / "videos" / "face_noface.mov",
                                MEDIA / "images", empty, tmp_path / "missing.mp4", cut)
-    assert code == 1 and "empty" in err and "missing" in err and "FAILED" in text
+    assert code == 2 and "empty" in err and "missing" in err and "FAILED" in text
     df = _read(out / "face_noface.csv")
     assert len(df) == 169 and (df.success == 0).sum() >= 90
     off = df[df.success == 0]

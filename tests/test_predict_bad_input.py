@@ -68,11 +68,11 @@ def test_skip_existing_redoes_what_failed_or_was_damaged(bundles, capsys, tmp_pa
     blank = _blank_video(tmp_path / "blank.mp4", 20, 10)
     out = tmp_path / "out"
     code, _, err = _predict(capsys, bundles["au_fan"], out, cut, blank)
-    assert code == 1 and "truncated" in err
+    assert code == 2 and "truncated" in err  # bad input: exit 2 (flows/cli.py)
     rec = json.loads((out / "cut.json").read_text())
     assert rec["complete"] is False and "truncated" in rec["error"]
     code, text, err = _predict(capsys, bundles["au_fan"], out, cut, blank, extra=["--skip-existing"])
-    assert code == 1 and "truncated" in err  # the failed input is predicted again, not skipped
+    assert code == 2 and "truncated" in err  # the failed input is predicted again, not skipped
     assert [line.split()[0] for line in text.splitlines() if "skipped" in line] == ["blank.mp4"]
     csv = out / "blank.csv"
     full = csv.read_text()
@@ -100,14 +100,14 @@ def test_a_corrupt_frame_or_image_gets_its_row_and_the_others_their_values(bundl
     (imgs / "empty.png").write_bytes(b"")
     out = tmp_path / "out"
     code, _, err = _predict(capsys, bundles["au_fan"], out, tmp_path / "seq", extra=["--sequence"])
-    assert code == 1 and "1 of 6 frames could not be decoded" in err and "frame_002.png" in err
+    assert code == 2 and "1 of 6 frames could not be decoded" in err and "frame_002.png" in err
     df = _read(out / "seq.csv")
     assert len(df) == 6 and list(df.frame) == [1, 2, 3, 4, 5, 6]
     assert df.success[2] == 0 and "not a decodable image" in df.reason[2] and np.isnan(df.AU01_p[2])
     good = df.drop(index=2)
     assert (good.success == 1).all() and good.AU01_p.notna().all()
     code, _, err = _predict(capsys, bundles["au_fan"], out, imgs)
-    assert code == 1 and "2 of 4 images could not be decoded" in err
+    assert code == 2 and "2 of 4 images could not be decoded" in err
     img = _read(out / "imgs.csv").set_index("file")
     assert img.loc[["aflw-test.jpg", "single_face.jpg"], "success"].tolist() == [1, 1]
     assert img.loc[["aflw-test.jpg", "single_face.jpg"], "AU01_p"].notna().all()

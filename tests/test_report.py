@@ -12,7 +12,7 @@ from pipeline.aus import AUSet
 from pipeline.config import RunConfig, Variant, load_config
 from pipeline.errors import MissingArtifact, UserError
 from pipeline.models.heads import build_head, n_trainable
-from stages import evaluate, report, runner
+from stages import evaluate, report_render, report_sections, runner
 from store import tables
 from store.catalog import Catalog
 from store.query import run_query
@@ -146,7 +146,7 @@ def _small_result() -> dict[str, pd.DataFrame]:
 
 
 def test_rendered_markdown_matches_golden():
-    md = report.render_markdown(report.sections(_small_result(), "bp4d", "r1", True))
+    md = report_render.render_markdown(report_sections.sections(_small_result(), "bp4d", "r1", True))
     assert md == (GOLDEN / "report_small.md").read_text()
 
 

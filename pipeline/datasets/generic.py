@@ -105,97 +105,107 @@ def _parse_landmarks(value, where: str, report: ManifestReport):
     return pts.tolist()
 
 
+def _cells(rec: dict, where: str, cfg: DatasetConfig, au_cols: list[str],
+           report: ManifestReport) -> dict | None:
+    """One row's cells parsed (labels, integers, box, landmarks); None when a cell is bad (the
+    report names it)."""
+    out = {k: v for k, v in rec.items() if not _blank(v)}
+    out["subject"] = str(rec["subject"]).strip()
+    for c in au_cols:
+        try:
+            out[c] = _label(rec.get(c))
+        except KeyError as e:
+            report.bad("label_out_of_alphabet", where, f"{c} = {e.args[0]!r}; labels are 0, "
+                       "1 or empty (unknown)")
+            return None
+    for c in ("fold", "frame", "video_frame"):
+        if c in out:
+            try:
+                out[c] = _int(out[c])
+                if out[c] < 0:
+                    raise ValueError(out[c])
+            except (TypeError, ValueError, OverflowError):
+                report.bad(f"bad_{c}", where, f"column {c} = {rec[c]!r}; expected an integer >= 0")
+                return None
+    if "fold" in out and cfg.folds is FoldScheme.COLUMN and out["fold"] > cfg.n_folds:
+        report.bad("bad_fold", where, f"column fold = {rec['fold']!r}; with folds: column and "
+                   f"dataset.n_folds {cfg.n_folds} a fold is 0 (never a test frame) .. "
+                   f"{cfg.n_folds}; fix the value or set dataset.n_folds")
+        return None
+    bad = False
+    for c in BOX_COLUMNS:  # every bad box cell is named, then the row is dropped
+        if c in out:
+            try:
+                out[c] = float(str(out[c]).strip())
+                if not np.isfinite(out[c]):
+                    raise ValueError(out[c])
+            except (TypeError, ValueError):
+                report.bad("bad_box", where, f"column {c} = {rec[c]!r}; expected a number (pixels)")
+                bad = True
+    if bad:
+        return None
+    if "landmarks" in rec:
+        lm = _parse_landmarks(rec["landmarks"], where, report)
+        if lm == "drop":
+            return None
+        out["landmarks"] = lm
+    return out
+
+
+def _media_rows(out: dict, line: int, base: Path, where: str, n_frames: dict[Path, int],
+                report: ManifestReport) -> list[dict]:
+    """The manifest rows of one table row: its image, its video frame, or every frame of its
+    video; [] when the media is missing or out of range (the report names it)."""
+    img, vid = out.get("image_path"), out.get("video_path")
+    if not img and not vid:
+        report.bad("no_media", where, "row has neither image_path nor video_path")
+        return []
+    p = Path(img or vid)
+    p = p if p.is_absolute() else base / p
+    if img:
+        if not p.exists():
+            report.bad("no_image", where, f"image not found: {p}")
+            return []
+        out["image_path"] = str(p)
+        out.setdefault("frame", line)
+        out.setdefault("session", "")
+        return [out]
+    if not p.exists():
+        report.bad("no_video", where, f"video not found: {p}")
+        return []
+    out["video_path"] = str(p)
+    out.setdefault("session", p.stem)
+    n = n_frames[p] = n_frames[p] if p in n_frames else frame_count(p)  # counted once a video
+    if n == 0:
+        report.bad("empty_video", where, f"video has no frames (or is not a video): {p}")
+        return []
+    if "video_frame" not in out:  # one row per decoded frame of the video
+        return [{**out, "video_frame": f, "frame": f} for f in range(n)]
+    if out["video_frame"] >= n:
+        report.bad("frame_out_of_range", where, f"video_frame {out['video_frame']} is past the "
+                   f"end of {p} ({n} frames: 0..{n - 1})")
+        return []
+    out.setdefault("frame", out["video_frame"])
+    return [out]
+
+
 def read(cfg: DatasetConfig, report: ManifestReport) -> pd.DataFrame:
     path = cfg.manifest_file or (cfg.root / "manifest.csv")
     df = _load(path)
-    base = path.parent
     if "subject" not in df:
         raise ManifestError(f"{path}: required column 'subject' is missing (columns: "
                             f"{list(df.columns)})")
     if "image_path" not in df and "video_path" not in df:
         raise ManifestError(f"{path}: needs an 'image_path' or a 'video_path' column")
-    n_frames: dict[Path, int] = {}  # frames per video, counted once
     au_cols = au_columns(path, list(df.columns), cfg, report)
     keep_cols = ["subject", "image_path", "video_path", *[c for c in OPTIONAL if c in df], *au_cols]
+    n_frames: dict[Path, int] = {}
     rows: list[dict] = []
     for i, rec in enumerate(df[[c for c in keep_cols if c in df]].to_dict("records")):
         where = f"{path}:{i + 2}"
-        out = {k: v for k, v in rec.items() if not _blank(v)}
-        out["subject"] = str(rec["subject"]).strip()
-        bad = False
-        for c in au_cols:
-            try:
-                out[c] = _label(rec.get(c))
-            except KeyError as e:
-                report.bad("label_out_of_alphabet", where, f"{c} = {e.args[0]!r}; labels are 0, "
-                           "1 or empty (unknown)")
-                bad = True
-                break
-        for c in ("fold", "frame", "video_frame"):
-            if c in out and not bad:
-                try:
-                    out[c] = _int(out[c])
-                    if out[c] < 0:
-                        raise ValueError(out[c])
-                except (TypeError, ValueError, OverflowError):
-                    report.bad(f"bad_{c}", where, f"column {c} = {rec[c]!r}; expected an integer "
-                               ">= 0")
-                    bad = True
-                    break
-        if not bad and "fold" in out and cfg.folds is FoldScheme.COLUMN and out["fold"] > cfg.n_folds:
-            report.bad("bad_fold", where, f"column fold = {rec['fold']!r}; with folds: column and "
-                       f"dataset.n_folds {cfg.n_folds} a fold is 0 (never a test frame) .. "
-                       f"{cfg.n_folds}; fix the value or set dataset.n_folds")
-            bad = True
-        for c in BOX_COLUMNS:
-            if c in out and not bad:
-                try:
-                    out[c] = float(str(out[c]).strip())
-                    if not np.isfinite(out[c]):
-                        raise ValueError(out[c])
-                except (TypeError, ValueError):
-                    report.bad("bad_box", where, f"column {c} = {rec[c]!r}; expected a number "
-                               "(pixels)")
-                    bad = True
-        if "landmarks" in rec and not bad:
-            lm = _parse_landmarks(rec["landmarks"], where, report)
-            bad |= lm == "drop"
-            out["landmarks"] = None if lm == "drop" else lm
-        if bad:
-            continue
-        img, vid = out.get("image_path"), out.get("video_path")
-        if img:
-            p = Path(img) if Path(img).is_absolute() else base / img
-            if not p.exists():
-                report.bad("no_image", where, f"image not found: {p}")
-                continue
-            out["image_path"] = str(p)
-            out.setdefault("frame", i)
-            out.setdefault("session", "")
-            rows.append(out)
-        elif vid:
-            p = Path(vid) if Path(vid).is_absolute() else base / vid
-            if not p.exists():
-                report.bad("no_video", where, f"video not found: {p}")
-                continue
-            out["video_path"] = str(p)
-            out.setdefault("session", p.stem)
-            n = n_frames[p] = n_frames[p] if p in n_frames else frame_count(p)
-            if n == 0:
-                report.bad("empty_video", where, f"video has no frames (or is not a video): {p}")
-                continue
-            if "video_frame" in out:
-                if out["video_frame"] >= n:
-                    report.bad("frame_out_of_range", where, f"video_frame {out['video_frame']} is "
-                               f"past the end of {p} ({n} frames: 0..{n - 1})")
-                    continue
-                out.setdefault("frame", out["video_frame"])
-                rows.append(out)
-            else:  # one row per decoded frame of the video
-                for f in range(n):
-                    rows.append({**out, "video_frame": f, "frame": f})
-        else:
-            report.bad("no_media", where, "row has neither image_path nor video_path")
+        out = _cells(rec, where, cfg, au_cols, report)
+        if out is not None:
+            rows += _media_rows(out, i, path.parent, where, n_frames, report)
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame["frame"] = frame["frame"].astype(np.int64)

@@ -35,14 +35,7 @@ def fit(model, store, frames: np.ndarray, y: np.ndarray, weights: torch.Tensor, 
     model.to(memory_format=torch.channels_last)  # the batches are channels last: 36% faster here
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=t.lr_step_epochs, gamma=t.lr_gamma)
-    history: list[dict] = []
-    start = 0
-    if resume is not None:
-        model.load_state_dict(resume["state_dict"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        history, start = list(resume["history"]), int(resume["epoch"])
+    history, start = _restore(resume, model, opt, sched)
     shards = store.shard_ids(frames[:, frames.shape[1] // 2])  # (n,) shard of the middle frame
     n_batches = -(-len(frames) // t.batch_size)
     steps = min(n_batches, t.max_steps_per_epoch or n_batches)
@@ -61,40 +54,18 @@ def fit(model, store, frames: np.ndarray, y: np.ndarray, weights: torch.Tensor, 
     for epoch in range(start + 1, t.epochs + 1):
         rng = np.random.default_rng([*seed_key, epoch])
         shift_rng = np.random.default_rng([*seed_key, epoch, 1])
-        if groups is None:
-            batches = chunk_local_batches(shards, t.batch_size, t.shuffle_buffer, rng)
-        else:  # the epoch's samples by dataset share, then the same chunk-local order over them
-            chosen = epoch_samples(groups, group_shares, rng)
-            batches = (chosen[b] for b in chunk_local_batches(shards[chosen], t.batch_size,
-                                                              t.shuffle_buffer, rng))
-        batches = itertools.islice(batches, steps)
+        batches = itertools.islice(_epoch_batches(shards, t, rng, groups, group_shares), steps)
         model.train()
         sums = {"loss": 0.0, "cls": 0.0, "cons": 0.0}
         n_steps = cons_rows = 0
         with BackgroundLoader(batches, load, LOADER_DEPTH) as loader:
             for stored, index, yb in loader:
                 x = gather_shifted(stored, index, t.feature_shift, shift_rng, buf)  # (S, B, C, H, W)
-                if x.shape[0] == 3:
-                    logits = model(x[1], x[0], x[2])  # (B, L)
-                else:
-                    logits = model(x[0])
-                cls = weighted_bce(logits, yb, weights)
-                loss = cls
-                if encoder is not None:
-                    cons, n = consistency_loss(logits, yb, encoder, t.consistency)
-                    loss = cls + t.consistency_weight * cons
-                    sums["cons"] += float(cons.detach())
-                    cons_rows += n
-                if not torch.isfinite(loss):  # never step on (or record) a NaN/Inf loss
-                    raise NonFinite(f"{desc}: the training loss is {float(loss)} at epoch "
-                                        f"{epoch} step {n_steps + 1}; nothing of this epoch is "
-                                        "kept. Lower train.lr, or check the features with "
-                                        "`aunet features --verify`")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sums["loss"] += float(loss.detach())
-                sums["cls"] += float(cls.detach())
+                losses, n = _step(model, x, yb, weights, encoder, t, opt,
+                                  where=f"{desc}: epoch {epoch} step {n_steps + 1}")
+                for k, v in losses.items():
+                    sums[k] += v
+                cons_rows += n
                 n_steps += 1
                 bar.update(1)
                 bar.set_postfix_str(f"epoch {epoch} loss {sums['loss'] / n_steps:.4f}")
@@ -108,6 +79,49 @@ def fit(model, store, frames: np.ndarray, y: np.ndarray, weights: torch.Tensor, 
         checkpoint(epoch, _state(model, opt, sched, history))
     bar.close()
     return _state(model, opt, sched, history)
+
+
+def _restore(resume: dict | None, model, opt, sched) -> tuple[list[dict], int]:
+    """(history, last epoch done): from an epoch checkpoint, or a fresh start."""
+    if resume is None:
+        return [], 0
+    model.load_state_dict(resume["state_dict"])
+    opt.load_state_dict(resume["optimizer"])
+    sched.load_state_dict(resume["scheduler"])
+    torch.set_rng_state(resume["rng"]["torch"])
+    return list(resume["history"]), int(resume["epoch"])
+
+
+def _epoch_batches(shards: np.ndarray, t: TrainConfig, rng: np.random.Generator,
+                   groups: np.ndarray | None, group_shares: np.ndarray | None):
+    """One epoch's batches of sample indices, chunk-local (pipeline.learning.batches)."""
+    if groups is None:
+        return chunk_local_batches(shards, t.batch_size, t.shuffle_buffer, rng)
+    # the epoch's samples by dataset share, then the same chunk-local order over them
+    chosen = epoch_samples(groups, group_shares, rng)
+    return (chosen[b] for b in chunk_local_batches(shards[chosen], t.batch_size,
+                                                    t.shuffle_buffer, rng))
+
+
+def _step(model, x: torch.Tensor, yb: torch.Tensor, weights: torch.Tensor, encoder,
+          t: TrainConfig, opt, where: str = "train") -> tuple[dict[str, float], int]:
+    """One optimiser step on a batch x (S, B, C, H, W); its losses and the rows the
+    consistency term saw. A NaN/Inf loss raises NonFinite before the step (`where` names it)."""
+    logits = model(x[1], x[0], x[2]) if x.shape[0] == 3 else model(x[0])  # (B, L)
+    cls = weighted_bce(logits, yb, weights)
+    loss, cons, n = cls, 0.0, 0
+    if encoder is not None:
+        c, n = consistency_loss(logits, yb, encoder, t.consistency)
+        loss = cls + t.consistency_weight * c
+        cons = float(c.detach())
+    if not torch.isfinite(loss):  # never step on (or record) a NaN/Inf loss
+        raise NonFinite(f"{where}: the training loss is {float(loss)}; nothing of this epoch is "
+                        "kept. Lower train.lr, or check the features with `aunet features "
+                        "--verify`")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return {"loss": float(loss.detach()), "cls": float(cls.detach()), "cons": cons}, n
 
 
 def _state(model, opt, sched, history) -> dict:
