@@ -148,7 +148,7 @@ def bp4d_tree(root: Path) -> Path:
         for f in part.frame:
             (frame_dir / f"{int(f)}.jpg").touch()
     cfg = {"dataset": {"name": "bp4d_full", "layout": "bp4d", "root": str(root),
-                       "frames_dir": str(root / "frames"), "au_set": "bp4d", "folds": "column"},
+                       "frames_dir": str(root / "frames"), "au_set": "bp4d", "folds": "standard"},
            "store": str(root / "store")}
     return _write(root / "bp4d.yaml", cfg, len(t))
 

@@ -94,7 +94,7 @@ def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) 
                           sum(np.subtract(*shard_range(s, n, fps)[::-1]) for s in g))
              for g in groups]
     skipped = [f"shard{s}" for s in range(len(keys)) if s not in set(todo)]
-    return Plan(units, skipped, {"path": str(out), "keys": keys, "frames": n, "damaged": sorted(damaged),
+    return Plan(units, skipped, {"path": str(out), "keys": keys, "frames": n, "redo": sorted(todo) if force else sorted(damaged),
                                  "crops": str(crops_path), "crop_key": crop_rec["key"]})
 
 
@@ -103,7 +103,7 @@ def prepare(cfg: RunConfig, catalog: Catalog, plan: Plan) -> None:
     out, n = Path(plan.context["path"]), plan.context["frames"]
     if is_complete_layout(out) and zarr.open_group(str(out), mode="r")["features"].shape[0] == n:
         g = zarr.open_group(str(out), mode="r+")
-        for s in plan.context["damaged"]:  # the units recompute them: done no more
+        for s in plan.context["redo"]:  # damaged (or --force): done no more, so recomputed
             g["shard_done"][s] = False
         return
     crops = zarr.open_group(plan.context["crops"], mode="r")

@@ -100,6 +100,13 @@ def test_nan_in_stored_features_refused_and_verify_recomputes(built):
     assert _files(root) == before
 
 
+def test_force_recomputes_every_shard(built):
+    cfg, cat, root = built
+    before = _files(root)
+    s = runner.execute("features", cfg, cat, force=True, progress=False)
+    assert s["computed_this_run"] == s["computed"] == 36 and _files(root) == before
+
+
 def test_writer_refuses_nan_before_writing(tmp_path):
     g = create_feature_store(tmp_path / "f.zarr", 4, channels=2, size=2, frames_per_shard=2,
                              attrs={"provenance": {}})

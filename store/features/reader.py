@@ -124,6 +124,7 @@ class FeatureStore:
                 tmp = np.empty((h, w, c), dtype=np.uint8)
         else:
             out = view = np.empty((rows.size, c, h, w), dtype=out_dtype)  # (B, C, H, W)
+        scratch = np.empty((c, h * w), np.float32) if self._quant else None  # dequantised frame
         # one inner chunk (= one frame) per read, in sorted row order, each row decoded once.
         # Measured with zarr 3.1.6 (docs/features.md): orthogonal selection on a sharded array
         # decodes far more than it needs (~2 frames/s, GBs of memory); per-frame reads give
@@ -141,10 +142,10 @@ class FeatureStore:
                 if channels_last:
                     _transpose(frame.reshape(c, h * w), tmp.reshape(h * w, c))
                     dequantise_np(tmp.reshape(h * w, c), scale, offset,
-                                  out[pos].reshape(h * w, c), channels_last=True)
+                                  out[pos].reshape(h * w, c), True, scratch.reshape(h * w, c))
                 else:
                     dequantise_np(frame.reshape(c, h * w), scale, offset,
-                                  out[pos].reshape(c, h * w), channels_last=False)
+                                  out[pos].reshape(c, h * w), False, scratch)
             elif channels_last:
                 # OpenCV's blocked transpose: 1.6 ms per frame, where numpy's and torch's
                 # strided copies take ~10 (single thread); it also runs without the GIL
