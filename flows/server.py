@@ -85,11 +85,24 @@ def temporary_server() -> Iterator[str | None]:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield url
     finally:
+        _send_pending_logs()
         if before is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = before
         _stop(proc)
+
+
+def _send_pending_logs() -> None:
+    """Send the run's queued log records while the server is up: Prefect's log worker otherwise
+    sends them at exit, to a stopped server, and prints "Error logging to API" after the
+    run's own last lines."""
+    from prefect.logging.handlers import APILogHandler
+
+    try:
+        APILogHandler().flush()
+    except Exception:  # noqa: BLE001 - logs are best effort; the run's result stands
+        pass
 
 
 def die_with_parent(parent: int) -> None:

@@ -35,11 +35,14 @@ from pipeline.errors import ConfigError, StoreLocked
 from pipeline.folds import fold_name
 from pipeline.hashing import use_cache_file
 from store import identity as ident
+from store import location
 from store.stage import Stage  # noqa: F401 (re-exported: the stage list)
 from store.provenance import BUILD_MARK, TMP_SUFFIX, recover_dirs
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.+\-]+")
 PARTIAL_SUFFIX = ".partial"  # zarr's own temporary chunk files
+# where a URL store's process keeps its local cache of input-file hashes
+LOCAL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aunet"
 
 
 
@@ -58,7 +61,10 @@ class Catalog:
     root: Path
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root).resolve())
+        object.__setattr__(self, "root", location.store_root(self.root))
+        if self.remote:  # a URL store (store.location); input-file hashes are cached locally
+            use_cache_file(LOCAL_CACHE / "filehash.sqlite")
+            return
         for p in (self.root, *self.root.parents):  # the store, or the first of its folders that exists
             if p.exists():
                 if not p.is_dir():
@@ -67,8 +73,15 @@ class Catalog:
                 break
         use_cache_file(self.root / ".cache" / "filehash.sqlite")
 
+    @property
+    def remote(self) -> bool:
+        """Whether the store is an object-store URL (`s3://bucket/prefix`), not a folder."""
+        return location.is_remote(self.root)
+
     def rel(self, path: Path) -> str:
         """A store-relative name (what provenance records hold)."""
+        if self.remote:
+            return location.relative(path, self.root)
         return ident.relative(path, self.root)
 
     def dataset_dir(self, dataset: str) -> Path:
@@ -162,6 +175,10 @@ class Catalog:
 
     @contextmanager
     def _flock(self, dataset: str, stage: str, shared: bool, by: tuple[str, str]) -> Iterator[None]:
+        if self.remote:  # an object store: leases of conditional writes (store/leases.py)
+            with self._lease(dataset, stage, shared, by):
+                yield
+            return
         fh = self._open_lock(self._lock_file(dataset, stage))
         if fh is None:
             yield
@@ -197,6 +214,18 @@ class Catalog:
                 fh.truncate(0)
             fcntl.flock(fh, fcntl.LOCK_UN)
             fh.close()
+
+    def _lease(self, dataset: str, stage: str, shared: bool, by: tuple[str, str]):
+        from store import leases
+
+        base = self.dataset_dir(dataset) / ".locks"
+        what = (f"stage '{by[1]}' of dataset '{by[0]}' reads stage '{stage}' of dataset "
+                f"'{dataset}', which another run is writing" if shared else
+                f"another run is writing or reading stage '{stage}' of dataset '{dataset}'")
+        refused = f"{what} in {self.root}"
+        take = leases.reader if shared else leases.writer
+        return take(base / f"{_safe(stage)}.lease", base / f"{_safe(stage)}.readers",
+                    f"aunet {by[1]}", refused)
 
     # -- debris of killed runs ----------------------------------------------------------------------
     def clean(self, dataset: str, stage: str) -> list[str]:

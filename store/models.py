@@ -29,7 +29,7 @@ from pipeline.errors import ConfigError, MissingArtifact, StaleArtifact, StoreWr
 from pipeline.folds import ALL_SUBJECTS, fold_name, training_rows
 from pipeline.models.heads import build_head
 from store import features as feature_store
-from store import manifests
+from store import location, manifests
 from store.catalog import Catalog
 from store.codekey import code_key
 from store.identity import head_identity, init_source, prior_identity
@@ -158,13 +158,18 @@ def checked_head(cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int,
 
 
 # -- checkpoint files ---------------------------------------------------------------------------
+def _path(path):
+    """A local path as a Path; an object-store path (store.location) as it is."""
+    return path if location.is_remote(path) else Path(path)
+
+
 def save_checkpoint(path: Path, blob: dict) -> None:
     """Atomic: a killed run leaves the previous file or this one, never half of one.
 
     The checkpoint is serialised in memory first and written with plain writes, so a full disk
     is an OSError of that write (torch.save onto a file says only "file write failed" as a
     RuntimeError), reported in one line naming `path`; the temporary file is removed."""
-    path = Path(path)
+    path = _path(path)
     buf = io.BytesIO()
     torch.save(blob, buf)
     try:
@@ -186,7 +191,11 @@ def save_checkpoint(path: Path, blob: dict) -> None:
 
 def read_checkpoint(path: Path) -> dict:
     """A head or prior checkpoint; weights_only=True: tensors and plain data, nothing else."""
+    path = _path(path)
     try:
+        if location.is_remote(path):  # an object store: read through its filesystem
+            with path.open("rb") as fh:
+                return torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise MissingArtifact(f"checkpoint {path} does not exist; rerun the stage that writes "
@@ -201,7 +210,7 @@ def read_checkpoint(path: Path) -> dict:
 
 def load_head(path: str | Path) -> tuple[nn.Module, dict]:
     """(model in eval mode, the checkpoint's metadata without weights and optimizer state)."""
-    blob = read_checkpoint(Path(path))
+    blob = read_checkpoint(_path(path))
     model = build_head(Variant(blob["variant"]), int(blob["n_aus"]))
     model.load_state_dict(blob["state_dict"])
     model.eval()

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import StoreWriteError, UserError
-from pipeline.hashing import file_sha256
+from store import location
 
 RANDOM_WEIGHTS_BANNER = (
     "!!! UNTRAINED BACKBONE: features come from randomly initialised FAN weights (explicit "
@@ -60,8 +60,13 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to `final`; rename it onto `final` only on success.
 
     The file gets the mode the user's umask gives new files (mkstemp alone would make it 0600,
-    unreadable to colleagues sharing a store).
+    unreadable to colleagues sharing a store). On an object store the temporary file is local
+    and is uploaded in one PUT on success (`store.location.upload_on_success`).
     """
+    if location.is_remote(final):
+        with location.upload_on_success(final, suffix) as tmp:
+            yield tmp
+        return
     final = Path(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +202,7 @@ def library_versions() -> dict[str, str]:
 
 
 def provenance_path(artifact: Path) -> Path:
-    artifact = Path(artifact)
+    artifact = artifact if location.is_remote(artifact) else Path(artifact)
     return artifact.with_name(artifact.name + ".provenance.json")
 
 
@@ -213,7 +218,7 @@ def record(*, stage: str, name: str, identity: Any, inputs: Any, code: str,
 
 def write_provenance(artifact: Path, rec: dict) -> dict:
     """Write a file artifact's record beside it, with the file's SHA-256 (call after the file)."""
-    rec = dict(rec, sha256=file_sha256(artifact))
+    rec = dict(rec, sha256=location.sha256(artifact))
     write_json(provenance_path(artifact), rec)
     return rec
 
@@ -229,11 +234,11 @@ def read_provenance(artifact: Path) -> dict | None:
 def trusted(artifact: Path, key: str) -> dict | None:
     """The record of a file artifact that exists, was made with `key` and still holds the bytes
     it was written with (a corrupt or replaced file is not trusted); else None."""
-    artifact = Path(artifact)
+    artifact = artifact if location.is_remote(artifact) else Path(artifact)
     rec = read_provenance(artifact)
     if rec is None or rec.get("key") != key or not artifact.is_file():
         return None
     try:
-        return rec if file_sha256(artifact) == rec.get("sha256") else None
+        return rec if location.sha256(artifact) == rec.get("sha256") else None
     except OSError:
         return None

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import UserError
-from store import tables
+from store import location, tables
 from store.catalog import Catalog
 
 MAX_QUERY_ROWS = 200  # rows printed by run_query
@@ -26,6 +26,13 @@ def _scan(catalog: Catalog, name: str) -> str:
     glob = str(catalog.table_dir(name) / tables.PART_GLOB).replace("'", "''")
     return (f"read_parquet('{glob}', hive_partitioning = true, union_by_name = true, "
             "hive_types = {'dataset': VARCHAR, 'run': VARCHAR})")
+
+
+def _register(catalog: Catalog, con: duckdb.DuckDBPyConnection) -> None:
+    """A URL store: DuckDB reads its Parquet through the store's fsspec filesystem (no httpfs
+    extension, nothing downloaded at run time; credentials stay with the filesystem)."""
+    if catalog.remote:
+        con.register_filesystem(catalog.root.fs)
 
 
 # Statement types a query may be: reads only. PIVOT parses as MULTI (DuckDB runs its generated
@@ -44,7 +51,8 @@ def _unreadable_parts(catalog: Catalog) -> list[str]:
     for name in tables.TABLES:
         for part in tables.part_files(catalog, name):
             try:
-                pq.read_metadata(part)
+                where, fs = location.arrow(part)
+                pq.read_metadata(where, filesystem=fs)
             except (OSError, pa.ArrowException):
                 bad.append(str(part))
     return bad
@@ -53,6 +61,7 @@ def _unreadable_parts(catalog: Catalog) -> list[str]:
 def _build_views(catalog: Catalog, db: Path) -> None:
     """A database file with one view per report table that has rows of complete runs."""
     con = duckdb.connect(str(db))
+    _register(catalog, con)
     try:
         if not tables.part_files(catalog, "runs"):
             return  # no complete run yet: no views
@@ -90,6 +99,7 @@ def connect(catalog: Catalog) -> Iterator[duckdb.DuckDBPyConnection]:
         con = duckdb.connect(str(db), read_only=True,
                              config={"autoinstall_known_extensions": False,
                                      "autoload_known_extensions": False})
+        _register(catalog, con)
         try:
             reports = str(catalog.reports).rstrip("/") + "/"
             con.execute("SET allowed_directories = [$1]", [reports])

