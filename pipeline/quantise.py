@@ -28,9 +28,10 @@ def quantise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def dequantise(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) float32 = offset + q * scale (q (B, C, H, W), scale and offset (B, C)), with
-    the same torch.addcmul as the reader's dequantise_np, so both give the same bits."""
-    return torch.addcmul(offset[..., None, None], q.float(), scale[..., None, None])
+    """(B, C, H, W) float32 = q * scale + offset (q (B, C, H, W), scale and offset (B, C)): a
+    multiply, then an add, as the reader's dequantise_np does, so both give the same bits (a
+    fused multiply-add rounds once, and whether torch fuses depends on the memory layout)."""
+    return q.float().mul_(scale[..., None, None]).add_(offset[..., None, None])
 
 
 def roundtrip(x: torch.Tensor) -> torch.Tensor:
@@ -41,16 +42,15 @@ def roundtrip(x: torch.Tensor) -> torch.Tensor:
 
 def dequantise_np(q: np.ndarray, scale: np.ndarray, offset: np.ndarray, out: np.ndarray,
                   channels_last: bool, tmp: np.ndarray | None = None) -> None:
-    """out = offset + q * scale for one frame, in float32 then cast to out's dtype.
+    """out = q * scale + offset for one frame, in float32 then cast to out's dtype.
 
     q (C, H*W) uint8, or (H*W, C) when channels_last; scale, offset (C,) float32; out shaped
-    like q; tmp: an optional float32 scratch of q's shape. torch's addcmul and cast (1.8 ms per
-    768x64x64 frame on one thread; numpy's broadcast multiply-add and cast took 13.6), as the
-    reader's float16 -> float32 cast already does on its thread."""
+    like q; tmp: an optional float32 scratch of q's shape. torch's multiply, add and cast (numpy's
+    broadcast multiply-add and cast took 13.6 ms per 768x64x64 frame on one thread), as the
+    reader's float16 -> float32 cast already runs torch on its thread."""
     s, o = torch.from_numpy(scale), torch.from_numpy(offset)
     if not channels_last:
         s, o = s[:, None], o[:, None]
-    codes = torch.from_numpy(q).float()
-    res = torch.addcmul(o, codes, s) if tmp is None else \
-        torch.addcmul(o, codes, s, out=torch.from_numpy(tmp))
-    torch.from_numpy(out).copy_(res)
+    q_t = torch.from_numpy(q)
+    res = q_t.float() if tmp is None else torch.from_numpy(tmp).copy_(q_t)
+    torch.from_numpy(out).copy_(res.mul_(s).add_(o))
