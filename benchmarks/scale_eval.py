@@ -42,7 +42,7 @@ def main() -> float:
     config = out / "bp4d" / "bp4d.yaml"
     if not config.exists():
         bp4d_tree(out / "bp4d")
-    cfg = load_config(config, {"eval.bootstrap": BOOTSTRAP})
+    cfg = load_config(config, {"eval.bootstrap": BOOTSTRAP, "features.allow_random_weights": True})
     cat = Catalog(cfg.store)
     t0 = time.perf_counter()
     runner.execute("manifest", cfg, cat, progress=False)
