@@ -7,8 +7,16 @@ features): ratio = bare seconds / predict seconds (target >= 0.85).
 Memory: peak resident memory of a fresh process predicting the video, and the same video repeated
 four times (ratio target <= 1.15: flat in video length).
 
+Runtimes (`--runtimes`): the torch path and the ONNX runtime side by side on the same bundle and
+video, frames/s of each, their ratio (target >= 1.4) and the largest probability difference
+(target <= 1e-4, from Parquet tables: exact values); then a face-free video (no_face.mp4) with
+the finer tiles on every face-free frame (before the gate, pipeline/faces/gate.py) and gated
+(target >= 3x). `--modes`: frames/s of each temporal mode x flip and how often their AU
+decisions differ from cached without flip, on the shared videos.
+
     .venv/bin/python benchmarks/bench_predict.py [--temporal cached|exact] [--crop 256] [--memory]
-        [--agreement] [--bundle DIR]   (--bundle: a trained bundle instead of an untrained one)
+        [--agreement] [--runtimes] [--modes] [--bundle DIR]
+        (--bundle: a trained bundle instead of an untrained one)
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ import torch
 
 from pipeline.aus import AUSet
 from pipeline.config import FacesConfig, PredictConfig, TemporalMode, Variant
+from pipeline.predict.runtime import cores
 from pipeline.video import iter_video, video_fps, write_video
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -41,11 +50,11 @@ def make_bundle(folder: Path, crop: int, variant: Variant) -> Path:
                      detector=FacesConfig(detector_weights=BLAZE))
 
 
-def predict_once(bundle: Path, video: Path, out: Path, temporal: str) -> dict:
+def predict_once(bundle: Path, video: Path, out: Path, temporal: str, **extra) -> dict:
     from stages import predict
 
     cfg = PredictConfig(inputs=(video,), model=bundle, out=out, temporal=TemporalMode(temporal),
-                        allow_random_weights=True, device="cpu")
+                        allow_random_weights=True, device="cpu", **extra)
     s = predict.run(cfg, progress=False)
     assert not s["failed"], s["failed"]
     return s["results"][0]
@@ -143,6 +152,8 @@ def main() -> int:
     ap.add_argument("--variant", default="aunet")
     ap.add_argument("--bundle", help="measure this bundle (e.g. the demo's exported AUNet)")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory (2 processes)")
+    ap.add_argument("--runtimes", action="store_true", help="torch against onnx (and face-free video)")
+    ap.add_argument("--modes", action="store_true", help="temporal mode x flip: speed, decisions")
     ap.add_argument("--agreement", action="store_true",
                     help="also compare the cached and exact temporal modes on the shared videos")
     args = ap.parse_args()
@@ -154,6 +165,13 @@ def main() -> int:
         tmp = Path(tmp)
         bundle = Path(args.bundle) if args.bundle else make_bundle(tmp / "bundle", args.crop,
                                                                    Variant(args.variant))
+        if args.runtimes or args.modes:
+            from benchmarks.bench_runtimes import modes, runtimes
+
+            print(f"== {torch.get_num_threads()} torch threads, {cores()} cores")
+            runtimes(bundle, tmp, args.temporal) if args.runtimes else None
+            modes(bundle, tmp) if args.modes else None
+            return 0
         predict_once(bundle, VIDEO, tmp / "warm", args.temporal)  # warm-up: imports, weights
         best = None
         for rep in range(2):

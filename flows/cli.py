@@ -62,6 +62,12 @@ def _stage(args: argparse.Namespace) -> int:
     from stages import runner
     from store.catalog import Catalog
 
+    if getattr(args, "fold_draws", None):  # evaluate --fold-draws K: every stage, K fold draws
+        from stages import fold_draws
+
+        summary = fold_draws.run(cfg, args.fold_draws, force=args.force, progress=not args.quiet)
+        print(fold_draws.format_summary(summary))
+        return EXIT_FAILED if summary["failed"] else 0
     select = None
     if args.command in ("train", "prior"):
         select = {"variants": getattr(args, "variant", None), "folds": args.fold}
@@ -171,7 +177,13 @@ def _models(args: argparse.Namespace) -> int:
             continue
         rw = "  [RANDOM-WEIGHT BACKBONE]" if m["random_weights"] else ""
         print(f"{m['name']}: {m['variant']}, {len(m['aus'])} AUs ({', '.join(m['aus'])}); "
-              f"{m['source']}; trained on {m['trained_on']} ({m['fold']}){rw}\n  {m['path']}")
+              f"{m['source']}; trained on {m['trained_on']} ({m['fold']}){rw}\n  {m['thresholds']}"
+              f"\n  {m['path']}")
+        d = m["defaults"]
+        print(f"  predict defaults: --temporal {d['temporal']} --tta {d['tta']} (T = {d['T']}, "
+              f"crop {d['crop']} {d['crop_size']} px; FAN passes per frame: "
+              f"{(3 if d['temporal'] == 'exact' else 1) * (2 if d['tta'] == 'flip' else 1)} for a "
+              "temporal head)")
     return 0
 
 
@@ -184,7 +196,8 @@ def _predict(args: argparse.Namespace) -> int:
                         sequence=args.sequence, fps=args.fps, save_aligned=args.save_aligned,
                         render=args.render, skip_existing=args.skip_existing,
                         allow_random_weights=args.allow_random_weights,
-                        batch_size=args.batch_size, device=args.device)
+                        batch_size=args.batch_size, device=args.device,
+                        runtime=args.runtime, every=args.every)
     summary = predict.run(cfg, progress=not args.quiet)
     print(predict.format_summary(summary))
     return _report_failures(summary)
@@ -258,6 +271,10 @@ def _stage_commands(sub) -> None:
         if name == "train":
             s.add_argument("--variant", action="append", type=_variant,
                            help="au_fan, au_vae, au_tdn, aunet (repeatable; default: config)")
+        if name == "evaluate":
+            s.add_argument("--fold-draws", type=int, metavar="K",
+                           help="your own data (folds: kfold): re-draw the folds K times, retrain "
+                                "and evaluate on each, and report the spread of Avg F1")
         if name in ("train", "prior"):
             s.add_argument("--fold", action="append", type=_fold,
                            help="test fold number, or `all` for a model of every subject "
@@ -334,6 +351,10 @@ def _predict_command(sub) -> None:
                     help="run a bundle made from the untrained backbone (tests, demo)")
     pr.add_argument("--batch-size", type=int, default=8)
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                    help="where the FAN and head run (auto: ONNX Runtime on the CPU when installed)")
+    pr.add_argument("--every", type=int, default=1, metavar="N",
+                    help="predict every Nth video frame (rows only for those; neighbours stay true)")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
     pr.set_defaults(func=_predict)
 

@@ -116,3 +116,25 @@ def holdout_subjects(train_subjects: list[str], fraction: float, seed: int) -> l
     n = max(1, int(round(len(uniq) * fraction)))
     rng = np.random.default_rng(seed)
     return sorted(rng.choice(uniq, size=min(n, len(uniq) - 1), replace=False).tolist())
+
+
+def validation_subjects(train_subjects: list[str], fraction: float, seed: int) -> list[str]:
+    """The training subjects held out as validation data (eval.threshold_choice: validation):
+    round(fraction * S) of the S distinct subjects (at least 1, at most S - 1), the first in the
+    seeded SHA-256 order of `_seeded_key` (the same on every machine). Sorted."""
+    uniq = sorted(set(train_subjects))
+    if len(uniq) < 2:
+        raise InputError(f"{len(uniq)} training subject(s): a validation part needs at least 2 "
+                         "(one to train on, one to choose thresholds on)")
+    n = min(max(1, int(round(len(uniq) * fraction))), len(uniq) - 1)
+    return sorted(sorted(uniq, key=lambda s: (_seeded_key(seed, s), s))[:n])
+
+
+def validation_rows(subjects: np.ndarray, folds: np.ndarray, fold: int, fraction: float,
+                    seed: int) -> tuple[np.ndarray, list[str]]:
+    """((N,) bool: the rows of fold `fold`'s training data whose subject is held out for
+    validation, the held-out subjects). Never a row of test fold `fold`."""
+    subjects = np.asarray(subjects).astype(str)
+    train = training_rows(folds, fold)
+    held = validation_subjects(subjects[train].tolist(), fraction, seed)
+    return train & np.isin(subjects, held), held

@@ -108,9 +108,11 @@ def _export_into(out: Path, cfg: RunConfig, catalog: Catalog, variant: Variant, 
     metrics = {}
     if fold != ALL_SUBJECTS:  # this head's own test fold scores, from the latest matching run
         metrics = _fold_metrics(cfg, catalog, variant, fold)
+    given = _thresholds(cfg, catalog, head, fold)
+    subjects = [s for s in subjects if s not in set(given["subjects"])]  # validation: not trained on
     spec = BundleSpec(
         name=name or f"{cfg.dataset.name}-{variant.value}-{fold_name(fold)}", variant=variant,
-        aus=list(blob["au_columns"]), thresholds={a: cfg.eval.threshold for a in blob["au_columns"]},
+        aus=list(blob["au_columns"]), thresholds=dict(zip(given["aus"], given["thresholds"])),
         temporal_offset=int(blob["temporal_offset"]),
         crop=CropSpec(mode=CropMode.ALIGNED, size=cfg.faces.size,
                       eye_distance=cfg.faces.eye_distance, box_margin=cfg.faces.box_margin),
@@ -120,8 +122,26 @@ def _export_into(out: Path, cfg: RunConfig, catalog: Catalog, variant: Variant, 
         provenance={"source": "trained here", "dataset": cfg.dataset.name, "fold": fold_name(fold),
                     "trained_on_subjects": subjects, "head": catalog.rel(head),
                     "head_key": rec.get("key"), "code": rec.get("code"),
-                    "identity": rec.get("identity"), "test_metrics": metrics})
+                    "identity": rec.get("identity"), "test_metrics": metrics,
+                    "thresholds": {k: given[k] for k in ("choice", "source", "subjects", "n_frames",
+                                                         "f1_validation")}})
     return _write(out, spec)
+
+
+def _thresholds(cfg: RunConfig, catalog: Catalog, head: Path, fold: int) -> dict:
+    """The head's thresholds: eval.threshold for every AU, or (eval.threshold_choice:
+    validation) each AU's best-F1 point on the validation subjects it was trained without."""
+    from pipeline.config import ThresholdChoice
+    from stages import thresholds
+    from store import features as feature_store
+    from store.models import load_head
+
+    model, meta = load_head(head)
+    if cfg.eval.threshold_choice is ThresholdChoice.FIXED:
+        return thresholds.fixed(meta["au_columns"], cfg.eval)
+    store = feature_store.checked(cfg, catalog, cfg.dataset.name)
+    return thresholds.validation_thresholds(manifests.load(catalog, cfg.dataset.name), store, model,
+                                            meta, fold, cfg.eval, cfg.train.batch_size)
 
 
 def untrained(out: Path, variant: Variant, aus: list[str], *, crop_size: int = 256, seed: int = 0,
@@ -231,10 +251,27 @@ def list_models(folder: Path) -> list[dict]:
                         "aus": spec.aus, "random_weights": spec.random_weights,
                         "source": spec.provenance.get("source"),
                         "trained_on": spec.provenance.get("dataset") or spec.provenance.get("trained_on"),
-                        "fold": spec.provenance.get("fold") or spec.provenance.get("test_fold")})
+                        "fold": spec.provenance.get("fold") or spec.provenance.get("test_fold"),
+                        "thresholds": _threshold_note(spec),
+                        "defaults": {"temporal": spec.default_temporal.value,
+                                     "tta": "flip" if spec.tta_flip else "none",
+                                     "T": spec.temporal_offset, "crop": spec.crop.mode.value,
+                                     "crop_size": spec.crop.size}})
         except BundleError as e:
             out.append({"path": str(spec_file.parent), "error": str(e)})
     return out
+
+
+def _threshold_note(spec: BundleSpec) -> str:
+    """Where a bundle's thresholds came from, in words (`aunet models`)."""
+    rec = spec.provenance.get("thresholds") or {}
+    values = sorted(set(spec.thresholds.values()))
+    shown = ", ".join(f"{a} {t:g}" for a, t in spec.thresholds.items()) if len(values) > 1 else \
+        f"{values[0]:g} for every AU" if values else "none"
+    if rec.get("choice") == "validation":
+        return (f"thresholds {shown}: chosen on {len(rec['subjects'])} validation subjects "
+                f"({', '.join(rec['subjects'])}, {rec['n_frames']} frames) held out of training")
+    return f"thresholds {shown}" + (": fixed (eval.threshold)" if rec else "")
 
 
 DEMO_BUNDLE = "demo-{variant}-fold1"

@@ -5,7 +5,8 @@ the eval dataset (this dataset, and each of `eval.cross_datasets` on the AUs it 
 unit's predictions are cached in the stage's own folder (`catalog.predictions`, with provenance:
 the head's key, the eval features' key and the test fold's labels) so an unchanged unit is
 skipped. The heads are exactly those the config asks for, each checked current. `finish` scores all units and appends the
-predictions, metrics, significance, co-occurrence, complexity and prior_metrics tables under a
+predictions, metrics, significance, co-occurrence, complexity, prior_metrics, calibration and
+(eval.threshold_choice: validation) thresholds tables under a
 new run id, then the `runs` row last (the run counts as complete only once it exists).
 """
 from __future__ import annotations
@@ -21,13 +22,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import RunConfig, Variant
+from pipeline.config import RunConfig, ThresholdChoice, Variant
 from pipeline.folds import ALL_SUBJECTS
 from pipeline.errors import ConfigError, StaleArtifact
 from pipeline.learning.inference import predict
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.learning.temporal import triplet_rows
-from stages import mixed_eval, scoring
+from stages import calibration, groups, mixed_eval, scoring, thresholds
 from stages.contract import Plan, UnitResult
 from store import features as feature_store
 from store import manifests, mix, tables
@@ -75,7 +76,11 @@ def reads(cfg: RunConfig) -> list[tuple[str, str]]:
 
 
 def _unit_config(cfg: RunConfig) -> dict:
-    return {"threshold": cfg.eval.threshold}
+    e = cfg.eval
+    if e.threshold_choice is ThresholdChoice.FIXED:
+        return {"threshold": e.threshold}
+    return {"threshold": e.threshold, "threshold_choice": e.threshold_choice.value,
+            "validation_fraction": e.validation_fraction, "validation_seed": e.validation_seed}
 
 
 def all_units(cfg: RunConfig, catalog: Catalog) -> list[EvalUnit]:
@@ -147,10 +152,14 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: EvalUnit, progress=None) ->
         label = y[:, eval_set.columns.index(au)] if au in eval_set.columns else np.full(len(test), np.nan)
         out[f"{au}_label"] = pd.array(label, dtype="Float64").astype("Int8")
     arrow = tables.conform("predictions", unit.dataset, "unit", pa.Table.from_pandas(out, preserve_index=False))
+    chosen = None  # validation thresholds: from the head's own dataset, outside its test fold
+    if cfg.eval.threshold_choice is ThresholdChoice.VALIDATION and unit.eval_dataset == unit.dataset:
+        chosen = thresholds.validation_thresholds(table, store, model, meta, unit.fold, cfg.eval,
+                                                  cfg.train.batch_size)
     write_table(Path(unit.out), arrow)
     rec = record(stage=STAGE, name=catalog.rel(Path(unit.out)), identity=_unit_config(cfg),
                  inputs={}, code=code_key("stages.evaluate"),
-                 extra={"random_weights": store.random_weights})
+                 extra={"random_weights": store.random_weights, "thresholds": chosen})
     rec["key"] = unit.key
     write_provenance(Path(unit.out), rec)
     return {"unit": unit.name, "path": unit.out, "frames": int(len(test)),
@@ -196,9 +205,9 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
         return summary | {"skipped": False, "run": None, "incomplete": missing}
     unit_keys = {u.name: u.key for u in units}
     inputs_key = fingerprint({"units": unit_keys, "eval": cfg.section("eval"),
-                              "code": code_key("stages.evaluate")})
-    config_key = eval_id(cfg)
-    last = tables.latest(catalog, "runs", name, config_key).to_pylist()
+                              "code": code_key("stages.evaluate")}
+                             | ({"request": eval_id(cfg)} if cfg.dataset.subjects else {}))
+    last = tables.latest(catalog, "runs", name, eval_id(cfg)).to_pylist()
     if not ok and last and last[0]["inputs_key"] == inputs_key:
         return summary | {"skipped": True, "run": last[0]["run"],
                           "random_weights": bool(last[0]["random_weights"])}
@@ -206,7 +215,31 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
     if mix.is_mix(cfg):  # the mix's rows scored per member, on the AUs each labels
         pred = mixed_eval.split_members(pred, cfg)
     scored = _scored(pred, catalog, cfg)
-    variants = [v.value for v in Variant if v.value in set(pred["variant"])]
+    frames = _report_frames(cfg, catalog, pred, scored, units)
+    random_weights = any((read_provenance(Path(u.out)) or {}).get("random_weights", False)
+                         for u in units)
+    timings = {r.unit: round(r.seconds, 3) for r in ok}
+    run_id, written = _write_run(cfg, catalog, frames, unit_keys, {
+        "config_key": eval_id(cfg), "inputs_key": inputs_key, "random_weights": random_weights,
+        "variants": _variants(pred), "eval_datasets": sorted(scored), "n_units": len(units)},
+        timings, t0)
+    avg = frames["metrics"]
+    avg = avg[(avg.au == "Avg") & (avg.fold == scoring.MEAN)]
+    return summary | {"skipped": False, "run": run_id, "random_weights": random_weights,
+                      "written": written, "frames": int(len(pred)) // max(len(_variants(pred)), 1),
+                      "no_face": int((~pred["face_found"]).sum()),
+                      "avg_f1": {f"{r.eval_dataset}/{r.variant}": round(float(r.f1), 4)
+                                 for r in avg.itertuples()},
+                      "significance": frames["significance"].to_dict("records")}
+
+
+def _variants(pred: pd.DataFrame) -> list[str]:
+    return [v.value for v in Variant if v.value in set(pred["variant"])]
+
+
+def _report_frames(cfg: RunConfig, catalog: Catalog, pred: pd.DataFrame, scored: dict,
+                   units: list[EvalUnit]) -> dict[str, pd.DataFrame]:
+    """Every report table of one run, from its predictions (store.tables.TABLES but `runs`)."""
     n_aus = sum(c.endswith("_prob") for c in pred.columns)
     metrics = scoring.metric_rows(pred, scored, cfg.eval.threshold)
     significance = scoring.significance_rows(pred, scored, cfg.eval)
@@ -216,43 +249,45 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
                             ignore_index=True)
         comparison, versus_single = mixed_eval.comparison(pred, cfg, cfg.eval)
         significance = pd.concat([significance, versus_single], ignore_index=True)
-    frames = {
+    return {
         "predictions": pred,
         "metrics": metrics,
         "significance": significance,
         "cooccurrence": scoring.cooccurrence_rows(pred, scored),
-        "complexity": scoring.complexity_rows(variants, n_aus),
+        "complexity": scoring.complexity_rows(_variants(pred), n_aus),
         "prior_metrics": _prior_rows(cfg, catalog),
         "comparison": comparison,
+        "calibration": calibration.calibration_rows(pred, scored),
+        "groups": groups.run_rows(pred, scored, cfg),
+        "thresholds": thresholds.threshold_rows(
+            pred, scored, thresholds.given([(u.variant, u.fold, u.out) for u in units]), cfg.eval),
     }
-    random_weights = any((read_provenance(Path(u.out)) or {}).get("random_weights", False)
-                         for u in units)
-    run_id = new_run_id()
-    config = cfg.section("eval")
+
+
+def _write_run(cfg: RunConfig, catalog: Catalog, frames: dict[str, pd.DataFrame],
+               unit_keys: dict[str, str], facts: dict, timings: dict, t0: float
+               ) -> tuple[str, dict[str, str]]:
+    """Append one new run's partitions of every table, the `runs` row last (it marks the run
+    complete); (run id, {table: partition written})."""
+    name, run_id, config = cfg.dataset.name, new_run_id(), cfg.section("eval")
     written = {}
     for table, df in frames.items():
         if len(df):
             arrow = pa.Table.from_pandas(df, preserve_index=False)
             written[table] = str(tables.append(catalog, table, name, run_id, arrow,
                                                stage=STAGE, config=config, inputs=unit_keys))
-    timings = {r.unit: round(r.seconds, 3) for r in ok} | {"finish": round(time.perf_counter() - t0, 3)}
+    timings = timings | {"finish": round(time.perf_counter() - t0, 3)}
     runs = pa.Table.from_pylist([{
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "config_key": config_key, "config_json": json.dumps(json.loads(cfg.model_dump_json()), sort_keys=True),
+        "config_key": facts["config_key"],
+        "config_json": json.dumps(json.loads(cfg.model_dump_json()), sort_keys=True),
         "code_version": code_key("stages.evaluate"), "inputs_json": json.dumps(unit_keys, sort_keys=True),
-        "inputs_key": inputs_key, "timings_json": json.dumps(timings, sort_keys=True),
-        "random_weights": random_weights, "variants": variants,
-        "eval_datasets": sorted(scored), "n_units": len(units)}])
+        "inputs_key": facts["inputs_key"], "timings_json": json.dumps(timings, sort_keys=True),
+        "random_weights": facts["random_weights"], "variants": facts["variants"],
+        "eval_datasets": facts["eval_datasets"], "n_units": facts["n_units"]}])
     written["runs"] = str(tables.append(catalog, "runs", name, run_id, runs, stage=STAGE,
                                         config=config, inputs=unit_keys))  # last: run complete
-    avg = frames["metrics"]
-    avg = avg[(avg.au == "Avg") & (avg.fold == scoring.MEAN)]
-    return summary | {"skipped": False, "run": run_id, "random_weights": random_weights,
-                      "written": written, "frames": int(len(pred)) // max(len(variants), 1),
-                      "no_face": int((~pred["face_found"]).sum()),
-                      "avg_f1": {f"{r.eval_dataset}/{r.variant}": round(float(r.f1), 4)
-                                 for r in avg.itertuples()},
-                      "significance": frames["significance"].to_dict("records")}
+    return run_id, written
 
 
 def format_summary(summary: dict) -> str:

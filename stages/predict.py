@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from pipeline.predict.bundle import SPEC_FILE, detector_config, read_spec
-from pipeline.config import FacesMode, PredictConfig, TemporalMode
+from pipeline.config import FacesMode, PredictConfig, Runtime, TemporalMode
+from pipeline.faces.gate import FineGate
 from pipeline.faces.factory import make_detector
 from pipeline.errors import ConfigError, InputError, MissingInput, UserError
 from pipeline.predict.predictor import NO_FACE, Engine, Unreadable, predict_stream
@@ -30,6 +31,7 @@ from stages import runner
 from stages.contract import UnitResult
 from stages.predict_inputs import (IMAGE_EXT, VIDEO_EXT, PredictUnit, UnitKind,  # noqa: F401
                                    mark_output, units)
+from store.onnx_cache import cached_export
 from store.provenance import RANDOM_WEIGHTS_BANNER, output_folder
 
 STAGE = "predict"
@@ -55,7 +57,8 @@ def _options(cfg: PredictConfig) -> dict:
     return {"format": cfg.format.value, "faces": cfg.faces.value,
             "temporal": cfg.temporal.value if cfg.temporal else None, "tta_flip": cfg.tta_flip,
             "fps": cfg.fps, "min_face_px": cfg.min_face_px, "sequence": cfg.sequence,
-            "save_aligned": cfg.save_aligned, "render": cfg.render}
+            "save_aligned": cfg.save_aligned, "render": cfg.render, "every": cfg.every,
+            "runtime": cfg.runtime.value}
 
 
 def up_to_date(cfg: PredictConfig, unit: PredictUnit) -> bool:
@@ -84,17 +87,18 @@ def _spec(model: str, version: tuple | None):
 
 @lru_cache(maxsize=1)
 def _engine(model: str, version: tuple | None, temporal: TemporalMode, tta: bool, batch: int, device: str,
-            allow: bool):
+            allow: bool, runtime: Runtime):
     spec = spec_of(Path(model))
     return spec, Engine(model, spec, temporal=temporal, tta_flip=tta, batch_size=batch,
-                        device=device, allow_random_weights=allow), make_detector(detector_config(Path(model), spec))
+                        device=device, allow_random_weights=allow, runtime=runtime,
+                        exports=cached_export), make_detector(detector_config(Path(model), spec))
 
 
 def engine(cfg: PredictConfig):
     spec = spec_of(cfg.model)
     return _engine(str(cfg.model), _version(cfg.model), cfg.temporal or spec.default_temporal,
                    spec.tta_flip if cfg.tta_flip is None else cfg.tta_flip, cfg.batch_size,
-                   device(cfg.device), cfg.allow_random_weights)
+                   device(cfg.device), cfg.allow_random_weights, Runtime(cfg.runtime))
 
 
 def device(asked: str) -> str:
@@ -146,7 +150,8 @@ def _rows(cfg: PredictConfig, unit: PredictUnit, eng, detector, info: dict, timi
     bar = tqdm(total=expected or None, desc=unit.name, unit="frame", disable=progress is None,
                leave=False)
     rows = []
-    for r in predict_stream(_frames(unit, info), eng, detector, **opts):
+    gate = FineGate()
+    for r in predict_stream(_frames(unit, info), eng, detector, **opts, every=cfg.every, gate=gate):
         if cfg.save_aligned and r.crop is not None:
             outputs.save_aligned(Path(cfg.out) / f"{unit.name}_aligned", r)
             r.crop = None  # written: memory stays flat
@@ -154,6 +159,7 @@ def _rows(cfg: PredictConfig, unit: PredictUnit, eng, detector, info: dict, timi
             bar.update(1)
         rows.append(r)
     bar.close()
+    info["gate"] = {"full_search": gate.searched, "cheap_only": gate.skipped}
     return rows
 
 
@@ -183,8 +189,9 @@ def run_unit(cfg: PredictConfig, catalog, unit: PredictUnit, progress=None) -> d
     info: dict = {"expected": expected}
     timing: dict = {}
     rows = _rows(cfg, unit, eng, detector, info, timing, progress)
-    n_frames = len({r.frame for r in rows})
-    times = _times(info, n_frames) if unit.kind is UnitKind.VIDEO else None
+    n_frames = len({r.frame for r in rows})  # rows' frames: every Nth with --every N
+    decoded = info.get("decoded", n_frames) if unit.kind is UnitKind.VIDEO else n_frames
+    times = _times(info, decoded) if unit.kind is UnitKind.VIDEO else None
     files = None if video else [Path(unit.files[r.frame]).name for r in rows]
     df = outputs.table(rows, spec.aus, spec.thresholds, fps=fps if video else None, files=files,
                        random_weights=spec.random_weights, times=times)
@@ -208,19 +215,21 @@ def run_unit(cfg: PredictConfig, catalog, unit: PredictUnit, progress=None) -> d
     faces = len({r.frame for r in rows if r.success})
     bad = [(r.frame, r.reason) for r in rows if not r.success and r.reason != NO_FACE]
     seconds = time.perf_counter() - t0
-    summary = {"input": unit.source, "name": unit.name, "frames": n_frames, "faces_found": faces,
+    summary = {"input": unit.source, "name": unit.name, "frames": n_frames, "decoded": decoded,
+               "every": cfg.every, "runtime": eng.runtime.value, "faces_found": faces,
                "unreadable_frames": len(bad),
                "frames_per_s": round(n_frames / seconds, 2) if seconds else None,
                "outputs": [str(p) for p in written], "random_weights": spec.random_weights,
                "timestamps": "container" if times else "index / fps",
+               "face_free_frames_searched": info.get("gate"),
                "timing": {k: round(v, 3) for k, v in
                           (timing | {k: eng.timing[k] - before.get(k, 0.0) for k in eng.timing}).items()}}
     error = None
-    if unit.kind is UnitKind.VIDEO and expected and n_frames < expected:
-        summary["note"] = f"decoded {n_frames} of the {expected} frames the container lists"
-    if unit.kind is UnitKind.VIDEO and expected - n_frames > max(TRUNCATION_FRAMES, TRUNCATION_SHARE * expected):
-        error = (f"{src}: truncated: decoded {n_frames} of the {expected} frames its container "
-                 f"lists; {table_path} holds those {n_frames}")
+    if unit.kind is UnitKind.VIDEO and expected and decoded < expected:
+        summary["note"] = f"decoded {decoded} of the {expected} frames the container lists"
+    if unit.kind is UnitKind.VIDEO and expected - decoded > max(TRUNCATION_FRAMES, TRUNCATION_SHARE * expected):
+        error = (f"{src}: truncated: decoded {decoded} of the {expected} frames its container "
+                 f"lists; {table_path} holds the rows of those")
     elif bad:
         named = "; ".join(reason for _, reason in bad[:UNREADABLE_NAMED])
         error = (f"{len(bad)} of {n_frames} {'frames' if video else 'images'} could not be "

@@ -1,7 +1,8 @@
 """What `aunet predict` writes: OpenFace-style tables, timelines, aligned crops, annotated video.
 
 Tables (docs/predict.md, "Output columns"): video layout `frame, face_id, timestamp, confidence,
-success`, image layout `file, face, confidence, success`; then the face box, the 5 keypoints,
+success`, image layout `file, face, confidence, success`; then OpenFace's head pose
+`pose_Tx .. pose_Rz` and 68 landmarks `x_0 .. x_67, y_0 .. y_67`, the face box, the 5 keypoints,
 `AUxx_c` (0/1 at the bundle's threshold) and `AUxx_p` (probability) for the bundle's AUs, and
 `reason` (why a row has `success = 0`: no face, or the frame could not be decoded; empty where a
 face was found). A frame without a face has a row with `success = 0` and empty AU cells (never 0).
@@ -23,6 +24,8 @@ from store.provenance import RANDOM_WEIGHTS_BANNER, atomic_path
 
 BOX_COLUMNS = ["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]
 KP_COLUMNS = [f"kp_x_{i}" for i in range(5)] + [f"kp_y_{i}" for i in range(5)]
+POSE_COLUMNS = ["pose_Tx", "pose_Ty", "pose_Tz", "pose_Rx", "pose_Ry", "pose_Rz"]  # mm, rad
+LANDMARK_COLUMNS = [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]  # source px
 CSV_SEP = ", "
 UNTRAINED_COLUMN = "untrained_backbone"  # 1 on every row of a random-weight bundle's output
 REASON_COLUMN = "reason"  # why success = 0 (pipeline.predict.predictor.NO_FACE or a decode error)
@@ -49,6 +52,9 @@ def table(rows: Iterable[Row], aus: list[str], thresholds: dict[str, float], *, 
             rec["face"] = r.face_id
         rec |= {"confidence": r.score if r.success else 0.0, "success": int(r.success)}
         rec[REASON_COLUMN] = r.reason
+        rec |= dict(zip(POSE_COLUMNS, np.asarray(r.pose, float)))
+        rec |= dict(zip(LANDMARK_COLUMNS, np.round(np.concatenate(
+            [r.landmarks[:, 0], r.landmarks[:, 1]]).astype(float), 1)))
         rec |= dict(zip(BOX_COLUMNS, np.round(r.box.astype(float), 1)))
         rec |= dict(zip(KP_COLUMNS, np.round(np.concatenate([r.kp[:, 0], r.kp[:, 1]]).astype(float), 1)))
         for j, au in enumerate(aus):
@@ -57,7 +63,7 @@ def table(rows: Iterable[Row], aus: list[str], thresholds: dict[str, float], *, 
             rec[f"{au}_p"] = None if p is None else round(p, 4)
         recs.append(rec)
     prefix = ["file", "face"] if files is not None else ["frame", "face_id", "timestamp"]
-    order = [*prefix, "confidence", "success", *BOX_COLUMNS, *KP_COLUMNS,
+    order = [*prefix, "confidence", "success", *POSE_COLUMNS, *LANDMARK_COLUMNS, *BOX_COLUMNS, *KP_COLUMNS,
              *[f"{au}_c" for au in aus], *[f"{au}_p" for au in aus], REASON_COLUMN]
     df = pd.DataFrame(recs, columns=order)
     for au in aus:  # nullable ints: an empty cell, never 0, where no face was found

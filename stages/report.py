@@ -98,6 +98,8 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: ReportUnit, progress=None) 
         images.append(figs.f1_bars(mean, ev, out / f"f1_bars_{ev}.png", banner))
         if (t["cooccurrence"].get("eval_dataset", pd.Series(dtype=str)) == ev).any():
             images.append(figs.correlation_heatmaps(t["cooccurrence"], ev, out / f"correlation_{ev}.png", banner))
+        if (t["calibration"].get("eval_dataset", pd.Series(dtype=str)) == ev).any():
+            images.append(figs.reliability(t["calibration"], ev, out / f"reliability_{ev}.png", banner))
     pred = t["predictions"]
     own = pred[pred.eval_dataset.isin((unit.dataset, *members))]  # a mix's rows carry the member
     video = cfg.eval.timeline_video or (sorted(own.video_id.unique())[0] if len(own) else None)

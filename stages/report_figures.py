@@ -4,6 +4,7 @@
 - `correlation_heatmaps`: AU correlation matrices of the labels and of each variant's
   predictions, pooled over folds (paper's Fig. 8);
 - `timeline`: one video's per-frame probabilities of each variant against the labels (Fig. 10).
+- `reliability`: reliability diagram per variant from the calibration table (pooled folds, all AUs).
 """
 from __future__ import annotations
 
@@ -117,4 +118,33 @@ def timeline(pred: pd.DataFrame, aus: list[str], video: str, path: Path,
     fig.suptitle(f"Video {video}: probabilities against labels", fontsize=9,
                  y=0.96 if banner else 0.995)
     fig.tight_layout(rect=(0, 0, 1, 0.94 if banner else 0.98))
+    return save_figure(fig, path, banner)
+
+
+def reliability(calib: pd.DataFrame, eval_dataset: str, path: Path,
+                banner: str | None = None) -> Path:
+    """Reliability diagram per variant: fraction of positive labels against mean probability
+    per bin, pooled over folds and AUs (`au = 'all'` rows of the calibration table); the
+    diagonal is perfect calibration, marker area the bin's share of frame-AU pairs."""
+    rows = calib[(calib.eval_dataset == eval_dataset) & (calib.fold == "pooled") & (calib.au == "all")]
+    if rows.empty:
+        raise ValueError(f"no pooled calibration rows for {eval_dataset}")
+    fig, ax = plt.subplots(figsize=(4.8, 4.8 if banner else 4.4))
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfectly calibrated")
+    for r in rows.itertuples():
+        count = np.asarray(r.bin_count, np.float64)
+        x, y = np.asarray(r.bin_mean_prob, np.float64), np.asarray(r.bin_frac_pos, np.float64)
+        keep = count > 0
+        colour = VARIANT_COLOURS.get(r.variant)
+        ax.plot(x[keep], y[keep], color=colour, lw=1.2, marker=None,
+                label=f"{r.variant}: ECE {r.ece:.3f}, Brier {r.brier:.3f}")
+        ax.scatter(x[keep], y[keep], s=400 * count[keep] / count.sum() + 8, color=colour, alpha=0.6)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted probability (bin)")
+    ax.set_ylabel("fraction of frames with the AU labelled present")
+    ax.set_title(f"Reliability on {eval_dataset}, all AUs, pooled folds", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout(rect=(0, 0, 1, 0.93 if banner else 1))
     return save_figure(fig, path, banner)

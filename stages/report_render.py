@@ -37,7 +37,8 @@ def render_markdown(secs: list[tuple[str, object]]) -> str:
 
 FIGURE_TITLES = {"f1_bars": "Per-AU F1 by method, the all-present baseline in grey",
                  "correlation": "AU correlations: labels beside each method's predictions",
-                 "timeline": "One test video: probabilities against the labels"}
+                 "timeline": "One test video: probabilities against the labels",
+                 "reliability": "Reliability diagram: fraction labelled present against mean probability"}
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;"
          "color:#222;line-height:1.4}h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em;"
          "border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:1em 0;font-size:.92em}"

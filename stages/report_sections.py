@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from stages import report_trust
 from store.provenance import RANDOM_WEIGHTS_BANNER
 
 VARIANT_NAMES = {"au_fan": "AU-FAN", "au_vae": "AU-VAE", "au_tdn": "AU-TDN", "aunet": "AUNet",
@@ -129,6 +130,7 @@ def sections(t: dict[str, pd.DataFrame], dataset: str, run: str, random_weights:
     if len(t["cooccurrence"]):
         out.append(("h2", "Co-occurrence faithfulness (paper's Table X), pooled over folds"))
         out.append(("table", cooccurrence_table(t["cooccurrence"][t["cooccurrence"].fold == "pooled"])))
+    out += report_trust.sections(t, _name)
     if len(t["complexity"]):
         out.append(("h2", "Model complexity per sample"))
         out.append(("p", "GFLOPs (torch) counts 2 per multiply-add; the paper's figures match GMACs."))

@@ -5,7 +5,9 @@ Training frames of fold k: rows whose fold is not k (fold-0 rows included), with
 written after every epoch (only the newest is kept); a killed run resumes from it when it was
 made with the same key; `final.pt` marks the end, with provenance, and makes later runs skip the
 unit while it stays current (`store.models`). No model selection is done: the fixed schedule's
-last epoch is the model, so the test fold is never read.
+last epoch is the model, so the test fold is never read. With `eval.threshold_choice:
+validation` the fold's validation subjects (`pipeline.folds.validation_rows`) are left out of
+its training frames too: the evaluate stage and export choose each AU's threshold on them.
 """
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import RunConfig, Variant
+from pipeline.config import RunConfig, ThresholdChoice, Variant
 from pipeline.errors import InputError, StaleArtifact
-from pipeline.folds import fold_name, training_rows
+from pipeline.folds import fold_name, training_rows, validation_rows
 from pipeline.labels import class_weights
 from pipeline.manifest import au_set_of, label_matrix
 from pipeline.models.heads import build_head, load_body
@@ -96,6 +98,37 @@ def _latest_checkpoint(folder: Path, key: str) -> dict | None:
     return None
 
 
+def _samples(cfg: RunConfig, unit: TrainUnit, variant: Variant, table, y: np.ndarray,
+             valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict, list[str]]:
+    """The head's training samples: (rows (n,), their store frames (n, 1) or triplets (n, 3),
+    triplet counts, validation subjects held out). Rows of the training folds with features and
+    at least one label, less the validation subjects when thresholds are chosen there."""
+    df = table.select(["row", "video_id", "frame", "subject", "fold"]).to_pandas()
+    train = training_rows(df["fold"].to_numpy(), unit.fold) & valid & ~np.isnan(y).all(axis=1)
+    held = []
+    if cfg.eval.threshold_choice is ThresholdChoice.VALIDATION:  # thresholds are chosen there
+        val, held = validation_rows(df["subject"].to_numpy(), df["fold"].to_numpy(), unit.fold,
+                                    cfg.eval.validation_fraction, cfg.eval.validation_seed)
+        train &= ~val
+    rows = np.flatnonzero(train)
+    if len(rows) < 2:
+        raise InputError(f"dataset '{unit.dataset}' fold {unit.fold}: {len(rows)} training frames "
+                         "with features and labels; nothing to train on")
+    if not variant.temporal:
+        return rows, rows[:, None], {}, held
+    trip, counts = triplet_rows(df, valid, cfg.train.temporal_offset)
+    return rows, trip[rows], counts, held
+
+
+def _model(cfg: RunConfig, variant: Variant, fold: int, n_aus: int):
+    """(the head, seeded, its body from `train.init_from`'s head if given; the parameters that
+    did not come from there)."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_head(variant, n_aus)
+    src = init_head(cfg, variant, fold)
+    return model, ([] if src is None else load_body(model, read_checkpoint(src)["state_dict"]))
+
+
 def run_unit(cfg: RunConfig, catalog: Catalog, unit: TrainUnit, progress=None) -> dict:
     variant, t = Variant(unit.variant), cfg.train
     heads = HeadInputs(cfg, catalog)
@@ -105,32 +138,15 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: TrainUnit, progress=None) -
         raise StaleArtifact(f"{unit.name}: its inputs changed since planning; run again")
     table = manifests.load(catalog, unit.dataset)
     au_set = au_set_of(table)
-    df = table.select(["row", "video_id", "frame", "subject", "fold"]).to_pandas()
     y = label_matrix(table, au_set)  # (N, L), NaN unknown
     store = heads.features
-    valid = store.valid
-    train = training_rows(df["fold"].to_numpy(), unit.fold) & valid & ~np.isnan(y).all(axis=1)
-    rows = np.flatnonzero(train)
-    if len(rows) < 2:
-        raise InputError(f"dataset '{unit.dataset}' fold {unit.fold}: {len(rows)} training frames "
-                         "with features and labels; nothing to train on")
-    counts = {}
-    if variant.temporal:
-        trip, counts = triplet_rows(df, valid, t.temporal_offset)
-        frames = trip[rows]  # (n, 3)
-    else:
-        frames = rows[:, None]  # (n, 1)
+    rows, frames, counts, held = _samples(cfg, unit, variant, table, y, store.valid)
     encoder = None
     if variant.uses_prior:
         encoder = FrozenEncoder(load_prior(checked_prior(cfg, catalog, unit.fold, heads.manifest))[0])
     folder = catalog.head_dir(cfg, variant, unit.fold)
     resume = None if unit.fresh else _latest_checkpoint(folder, unit.key)
-    torch.manual_seed(t.seed)
-    model = build_head(variant, len(au_set.columns))
-    fresh: list[str] = []
-    src = init_head(cfg, variant, unit.fold)
-    if src is not None:
-        fresh = load_body(model, read_checkpoint(src)["state_dict"])
+    model, fresh = _model(cfg, variant, unit.fold, len(au_set.columns))
     meta = {"variant": variant.value, "au_set": au_set.value, "au_columns": au_set.columns,
             "n_aus": len(au_set.columns), "identity": identity, "inputs": inputs, "key": unit.key,
             "head_label": head_label(cfg, variant), "fold": unit.fold,
@@ -163,7 +179,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: TrainUnit, progress=None) -
         stage=STAGE, name=catalog.rel(final), identity=identity, inputs=inputs,
         code=code_key(HEAD_CODE),
         extra={"history": state["history"], "random_weights": store.random_weights,
-               "n_train_frames": int(len(rows)), "triplets": counts}))
+               "n_train_frames": int(len(rows)), "triplets": counts, "validation_subjects": held}))
     return {"variant": unit.variant, "fold": unit.fold, "path": str(final), "skipped": False,
             "resumed_from_epoch": resume["epoch"] if resume else 0, "history": state["history"],
             "n_train_frames": int(len(rows)), "triplets": counts, "fresh_params": fresh,

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.aus import union_of
-from pipeline.config import FacesConfig, Layout, RunConfig, Variant, load_config, member_configs
+from pipeline.config import (FacesConfig, Layout, RunConfig, ThresholdChoice, Variant, load_config,
+                             member_configs)
 from pipeline.errors import ConfigError
 from pipeline.faces.types import DetectorError
 from pipeline.faces.weights import identity_files
@@ -113,7 +114,8 @@ def members(cfg: RunConfig) -> list[RunConfig]:
 
 
 def head_identity(cfg: RunConfig, variant: Variant) -> dict:
-    """Every setting a head depends on: train parameters, AU set, features, prior, init source."""
+    """Every setting a head depends on: train parameters, AU set, features, prior, init source,
+    and the validation subjects held out of its training data (eval.threshold_choice)."""
     variant = Variant(variant)
     train = {k: v for k, v in _without_paths(cfg.section("train")).items()
              if k not in ("variants", "folds")}
@@ -124,6 +126,8 @@ def head_identity(cfg: RunConfig, variant: Variant) -> dict:
     if cfg.dataset.layout.value == "mix":  # which datasets it is trained on, in which shares
         out["mix"] = {"members": [m.dataset.name for m in members(cfg)],
                       "weights": dict(sorted(cfg.dataset.member_weights.items()))}
+    if cfg.eval.threshold_choice is ThresholdChoice.VALIDATION:  # trained without these subjects
+        out["validation"] = {"fraction": cfg.eval.validation_fraction, "seed": cfg.eval.validation_seed}
     src = init_source(cfg)
     if src is not None:
         out["init"] = {"dataset": src.dataset.name, "head": head_id(src, variant)}
@@ -144,6 +148,8 @@ def head_label(cfg: RunConfig, variant: Variant) -> str:
         name += f"_T{t.temporal_offset}"
     if t.init_from:
         name += f"_from-{init_source(cfg).dataset.name}"
+    if cfg.eval.threshold_choice is ThresholdChoice.VALIDATION:
+        name += f"_val{cfg.eval.validation_fraction:g}"
     return f"{name}-{head_id(cfg, variant)[:ID_CHARS]}"
 
 
@@ -153,10 +159,13 @@ def eval_identity(cfg: RunConfig) -> dict:
     run this config asked for, never just the newest one."""
     t = cfg.train
     variants = [Variant(v) for v in t.variants]
-    return {"dataset": cfg.dataset.name, "eval_datasets": sorted({cfg.dataset.name, *cfg.eval.cross_datasets}),
+    out = {"dataset": cfg.dataset.name, "eval_datasets": sorted({cfg.dataset.name, *cfg.eval.cross_datasets}),
             "heads": {v.value: head_id(cfg, v) for v in variants},
             "folds": list(t.folds) if t.folds else "all",
             "eval": {k: v for k, v in cfg.section("eval").items() if k != "timeline_video"}}
+    if cfg.dataset.subjects is not None:  # the groups' metadata, by content
+        out["subjects"] = hash_files([cfg.dataset.subjects], missing_ok=True)[str(cfg.dataset.subjects)]
+    return out
 
 
 def eval_id(cfg: RunConfig) -> str:

@@ -58,6 +58,21 @@ _FIELDS: dict[str, list[tuple[str, pa.DataType]]] = {
     # mixed runs: each member's single-dataset model beside the mixed model, same frames and AUs
     "comparison": [("eval_dataset", _S), ("variant", _S), ("fold", _S), ("au", _S),
                    ("f1_single", _F), ("f1_mixed", _F), ("diff", _F), ("n", _I), ("single_run", _S)],
+    # ECE, Brier and reliability bins per AU (au 'all': every frame-AU pair), fold or 'pooled'
+    "calibration": [("eval_dataset", _S), ("variant", _S), ("fold", _S), ("au", _S), ("ece", _F),
+                    ("brier", _F), ("n", _I), ("n_pos", _I), ("mean_prob", _F), ("n_bins", _I),
+                    ("bin_count", pa.list_(_I)), ("bin_mean_prob", pa.list_(_F)),
+                    ("bin_frac_pos", pa.list_(_F))],
+    # eval.threshold_choice: validation: each head's per-AU thresholds and test F1 at them
+    "thresholds": [("eval_dataset", _S), ("variant", _S), ("fold", _S), ("au", _S), ("choice", _S),
+                   ("threshold", _F), ("source", _S), ("fixed_threshold", _F),
+                   ("n_val_subjects", _I), ("val_subjects", pa.list_(_S)), ("n_val_frames", _I),
+                   ("n_val_pos", _I), ("f1_validation", _F), ("f1_fixed", _F), ("f1_chosen", _F)],
+    # F1 per group of subjects (dataset.subjects), bootstrap CIs, permutation test (Avg rows)
+    "groups": [("eval_dataset", _S), ("variant", _S), ("attribute", _S), ("group", _S),
+               ("source", _S), ("au", _S), ("n_subjects", _I), ("n_frames", _I), ("status", _S),
+               ("f1", _F), ("ci_lo", _F), ("ci_hi", _F), ("level", _F), ("n_boot", _I),
+               ("spread", _F), ("p_perm", _F), ("n_perm", _I), ("seed", _I)],
 }
 TABLES = tuple(_FIELDS)
 _AU_FIELD = re.compile(r"^AU\d{2}_(prob|pred|label)$")

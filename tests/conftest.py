@@ -14,6 +14,15 @@ BLAZE = SHARED / "weights" / "blazeface" / "blazeface.pth"
 TINY = 16  # side of the tiny test images (pixels): decodable, and fast to write
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory):
+    """ONNX exports (store/onnx_cache.py) go to one folder per test session, never ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AUNET_CACHE", str(tmp_path_factory.mktemp("aunet-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """`../shared` beside the repository; tests that need it skip where it is absent."""

@@ -74,7 +74,9 @@ def test_bundle_contents_listing_and_refusals(bundles, capsys, tmp_path):
     assert spec.random_weights and spec.backbone.random_seed == 0 and spec.thresholds["AU01"] == 0.5
     assert spec.provenance["fold"] == "fold1" and spec.provenance["trained_on_subjects"] == ["S1", "S2"]
     assert main(["models", str(bundles["aunet"].parent)]) == 0
-    assert "[RANDOM-WEIGHT BACKBONE]" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "[RANDOM-WEIGHT BACKBONE]" in listed
+    assert f"predict defaults: --temporal cached --tta none (T = {T}," in listed
     with pytest.raises(BundleError, match="--allow-random-weights"):
         load_backbone_of(bundles["aunet"], spec, allow_random_weights=False)
     copy = tmp_path / "tampered"
@@ -90,7 +92,7 @@ def test_video_table_matches_openface_layout_and_the_model(bundles, capsys, tmp_
     code, out, _ = _predict(capsys, bundles["au_fan"], tmp_path, MEDIA / "videos" / "single_face.mp4")
     assert code == 0 and "UNTRAINED BACKBONE" in out
     text = (tmp_path / "single_face.csv").read_text()
-    assert text.startswith("frame, face_id, timestamp, confidence, success, bbox_x0,")
+    assert text.startswith("frame, face_id, timestamp, confidence, success, pose_Tx,")
     df = _read(tmp_path / "single_face.csv")
     aus = read_spec(bundles["au_fan"]).aus
     cols = list(df.columns)
@@ -231,3 +233,31 @@ def test_import_reference_then_predict_matches_the_independent_forward(reference
     code = main(["import-reference", "--head", str(bad), "--fan", str(reference_clone / "models" / "2dfan2.pth"),
                  "--aus", "1,2", "--out", str(tmp_path / "m2"), "--detector-weights", str(BLAZE)])
     assert code == 2 and "not a released AUNet head" in capsys.readouterr().err
+
+
+def test_every_n_keeps_true_neighbours_and_the_openface_columns(bundles, capsys, tmp_path):
+    video = MEDIA / "videos" / "face_noface.mov"
+    code, _, err = _predict(capsys, bundles["aunet"], tmp_path / "all", video)
+    assert code == 0, err
+    full = _read(tmp_path / "all" / "face_noface.csv")  # read as OpenFace users' scripts do
+    code, _, err = _predict(capsys, bundles["aunet"], tmp_path / "n", video, extra=["--every", "4"])
+    assert code == 0, err
+    sub = _read(tmp_path / "n" / "face_noface.csv")
+    assert list(sub.frame) == list(range(1, 170, 4))  # rows only for the sampled frames
+    want = full.set_index("frame").loc[sub.frame].reset_index()
+    p = [c for c in full.columns if c.endswith("_p")]
+    # the temporal head read frames t -+ T of the source video, not the sampled neighbours
+    pd.testing.assert_frame_equal(sub[["frame", "timestamp", "success", *p]],
+                                  want[["frame", "timestamp", "success", *p]])
+    pose = ["pose_Tx", "pose_Ty", "pose_Tz", "pose_Rx", "pose_Ry", "pose_Rz"]
+    marks = [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]
+    face, none = full[full.success == 1], full[full.success == 0]
+    assert len(face) >= 60 and len(none) >= 90
+    for c in pose + marks:
+        assert pd.api.types.is_float_dtype(full[c]), c
+    assert np.isfinite(face[pose + marks].to_numpy()).all() and none[pose + marks].isna().all().all()
+    w = (face.bbox_x1 - face.bbox_x0).to_numpy()[:, None]  # landmarks lie in the crop, near the face
+    xs = face[marks[:68]].to_numpy()
+    assert (xs > face.bbox_x0.to_numpy()[:, None] - w).all() and (xs < face.bbox_x1.to_numpy()[:, None] + w).all()
+    summary = json.loads((tmp_path / "n" / "face_noface.json").read_text())
+    assert summary["every"] == 4 and summary["frames"] == len(sub) and summary["decoded"] == 169

@@ -50,7 +50,7 @@ def test_evaluate_writes_one_complete_run(evaluated):
     cfg, cat, summary = evaluated
     assert not summary["skipped"] and summary["random_weights"]
     assert set(summary["written"]) == {"predictions", "metrics", "significance", "cooccurrence",
-                                       "complexity", "prior_metrics", "runs"}
+                                       "complexity", "prior_metrics", "calibration", "runs"}
     pred = tables.latest(cat, "predictions", "tiny").to_pandas()
     cross = pred[pred.eval_dataset == "other"]
     assert len(cross) == len(VARIANTS) * 12 and cross.AU09_label.isna().all()  # BP4D has no AU9
@@ -95,10 +95,11 @@ def test_report_renders_files_with_banner(evaluated):
     assert out["run"] == summary["run"] and not out["skipped"]
     names = {Path(f).name for f in out["files"]}
     assert {"report.md", "report.html", "f1_bars_tiny.png", "correlation_tiny.png",
-            "f1_bars_other.png", "timeline_S0_T1.png"} <= names
+            "f1_bars_other.png", "timeline_S0_T1.png", "reliability_tiny.png"} <= names
     md = (cat.rendered("tiny") / "report.md").read_text()
     assert md.startswith("> **!!! UNTRAINED BACKBONE")
     assert "| AU26 |" in md and "| Avg |" in md
+    assert "Calibration on tiny" in md and "| all |" in md
     for f in out["files"]:
         assert Path(f).stat().st_size > 0
         if f.endswith(".png"):  # a real picture, with the random-weights banner across its top

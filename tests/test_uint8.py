@@ -14,7 +14,7 @@ import torch
 from conftest import run_stages
 from pipeline.config import FeatureDtype, Variant
 from pipeline.predict.bundle import BundleSpec, semantic_digest
-from pipeline.predict.predictor import Engine
+from pipeline.predict.engine import Engine
 from pipeline.quantise import LEVELS, quantise, roundtrip
 from store.catalog import Catalog
 from store.crops import CropStore
@@ -88,15 +88,16 @@ def test_features_stage_uint8_trains_and_matches_live_prediction(mini, monkeypat
                                rtol=0, atol=1e-3 * float(feats.abs().max()))
     # live prediction: a bundle of a uint8-trained head quantises its features the same way
     engine = object.__new__(Engine)
-    engine.fan, engine.tta, engine.batch, engine.device = model, False, 4, torch.device("cpu")
-    engine.timing = {"fan": 0.0}
+    engine.onnx_fan, engine.device = None, torch.device("cpu")
+    engine.fan_outputs = lambda x: (model(x), torch.zeros(len(x), 1))  # (features, heatmaps)
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
     spec = dict(name="t", variant=Variant.AU_FAN, aus=["AU01"], thresholds={"AU01": 0.5},
                 head_sha256="0" * 64)
     engine.spec = BundleSpec(**spec, feature_dtype=FeatureDtype.UINT8)
-    np.testing.assert_array_equal(engine.features(crops).numpy(),
+    np.testing.assert_array_equal(engine._fan_batch(x)[0].numpy(),
                                   fs.read(np.arange(fs.n_frames), dtype=None))  # float16 both
     engine.spec = BundleSpec(**spec)
-    np.testing.assert_array_equal(engine.features(crops).numpy(), feats.half().numpy())
+    np.testing.assert_array_equal(engine._fan_batch(x)[0].numpy(), feats.half().numpy())
     s = run_stages(cfg, "train")
     assert s["heads"] and all(np.isfinite(h["history"][-1]["loss"]) for h in s["heads"])
 

@@ -61,6 +61,9 @@ class DatasetConfig(Strict):
     # training epoch by dataset name (default: proportional to its frames)
     members: tuple[Path, ...] = ()
     member_weights: dict[str, float] = Field(default_factory=dict)
+    # subject metadata for results per group: a CSV with a `subject` column and any others
+    # (sex, age band, ...); None: BP4D subject names give `sex` from their F/M prefix
+    subjects: Optional[Path] = None
 
     @model_validator(mode="after")
     def _layout_needs(self) -> "DatasetConfig":

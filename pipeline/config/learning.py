@@ -112,9 +112,20 @@ class TrainConfig(Strict):
     seed: int = 0
 
 
+class ThresholdChoice(str, Enum):
+    FIXED = "fixed"  # every AU at eval.threshold (the paper's protocol, for paper tables)
+    # per AU, the best-F1 threshold on a held-out, subject-exclusive part of each training fold
+    # (eval.validation_fraction of its subjects, seeded): heads are trained without that part
+    VALIDATION = "validation"
+
+
 class EvalConfig(Strict):
     threshold: float = Field(DECISION_THRESHOLD, gt=0, lt=1)  # on sigmoid outputs: 0 or 1 would score nothing
+    threshold_choice: ThresholdChoice = ThresholdChoice.FIXED
+    validation_fraction: float = Field(0.2, gt=0, lt=1)  # of each training fold's subjects
+    validation_seed: int = 0  # the held-out subjects' order (pipeline.folds.validation_subjects)
     bootstrap: int = Field(1000, ge=0)
+    permutations: int = Field(1000, ge=0)  # groups: permutations of the subjects' group labels
     seed: int = 0
     cross_datasets: tuple[str, ...] = ()  # other datasets' names to score these models on
     timeline_video: Optional[str] = None  # report: which video's timeline to plot

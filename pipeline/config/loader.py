@@ -16,7 +16,8 @@ from pipeline.errors import ConfigError
 def _resolve_paths(data: Any, base: Path) -> Any:
     """Resolve relative path-valued keys against the config file's folder."""
     path_keys = {"root", "store", "frames_dir", "list_paths", "list_labels", "manifest_file",
-                 "weights", "detector_weights", "detector_anchors", "init_from", "members"}
+                 "weights", "detector_weights", "detector_anchors", "init_from", "members",
+                 "subjects"}
     if isinstance(data, dict):
         out = {}
         for k, v in data.items():

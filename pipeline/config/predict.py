@@ -21,6 +21,12 @@ class TemporalMode(str, Enum):
     EXACT = "exact"  # neighbours warped onto frame t's crop, as the reference does: 3 FAN passes
 
 
+class Runtime(str, Enum):
+    AUTO = "auto"  # ONNX Runtime where it imports and the device is the CPU, else torch
+    TORCH = "torch"  # the FAN and the head in torch (any device, fp16 autocast on CUDA)
+    ONNX = "onnx"  # both exported once per bundle and run by ONNX Runtime on the CPU
+
+
 class FacesMode(str, Enum):
     LARGEST = "largest"  # one face per frame: the largest
     ALL = "all"  # every face, tracked across frames with a stable face_id
@@ -53,6 +59,8 @@ class PredictConfig(Strict):
     batch_size: int = Field(8, ge=1)
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps (PREDICT_DEVICE)
     min_face_px: int = Field(24, ge=1)
+    runtime: Runtime = Runtime.AUTO  # where the FAN and the head run (docs/predict.md)
+    every: int = Field(1, ge=1)  # predict every Nth frame of a video (temporal neighbours stay true)
     dask: "DaskConfig" = DaskConfig()
 
     @field_validator("device")

@@ -17,7 +17,8 @@ recording lab. Nuisance that only makes subjects differ is kept moderate on purp
 background per subject and a wider tone range, held-out subjects were markedly harder
 (docs/demo.md). The 68 landmarks drawn are written with the images, so the faces stage aligns
 from them (detector 'provided'). About 3% of the frames show no face, to carry missing faces
-through the pipeline. Written once per parameter set into `root`.
+through the pipeline. Written once per parameter set into `root`, with `subjects.csv` (each
+subject's skin-tone half, `darker` or `lighter`: an example for `dataset.subjects`).
 """
 from __future__ import annotations
 
@@ -178,21 +179,26 @@ def _render(units: np.ndarray, to_img, scale: float, skin: np.ndarray, bg: np.nd
     return img
 
 
+TONE_SPLIT = 0.625  # the middle of the tone band: subjects.csv's skin_tone darker / lighter
+SUBJECTS_FILE = "subjects.csv"
+
+
 def generate(root: Path, n_subjects: int, n_frames: int, seed: int, au_set: AUSet) -> Path:
     """Write images and `manifest.csv` under root (idempotent per parameter set)."""
     params = {"n_subjects": n_subjects, "n_frames": n_frames, "seed": seed, "au_set": au_set.value,
-              "version": 3}
+              "version": 4}  # 4: subjects.csv
     stamp, manifest = root / "demo.json", root / "manifest.csv"
     if manifest.exists() and stamp.exists() and json.loads(stamp.read_text()) == params:
         return manifest
     rng = np.random.default_rng(seed)
     aus = au_set.numbers
-    rows = []
+    rows, subjects = [], []
     grad = np.linspace(0, 1, IMAGE_SIZE, dtype=np.float32)[:, None, None]
     bg = (np.array([70, 72, 76]) * (0.7 + 0.3 * grad)).astype(np.uint8).repeat(IMAGE_SIZE, 1)
     for s in range(n_subjects):
         subject = f"S{s + 1:02d}"
         tone = rng.uniform(0.45, 0.8)  # one tone axis: darker to lighter skin, within a band
+        subjects.append({"subject": subject, "skin_tone": "darker" if tone < TONE_SPLIT else "lighter"})
         skin = np.array([110, 70, 50]) + tone * np.array([130, 130, 130])
         width = rng.uniform(0.95, 1.05)
         gains = rng.uniform(0.8, 1.2, len(aus)).astype(np.float32)
@@ -219,6 +225,7 @@ def generate(root: Path, n_subjects: int, n_frames: int, seed: int, au_set: AUSe
             row.update({c: int(labels[f, i]) for i, c in enumerate(au_set.columns)})
             rows.append(row)
     pd.DataFrame(rows).to_csv(manifest, index=False)
+    pd.DataFrame(subjects).to_csv(root / SUBJECTS_FILE, index=False)  # dataset.subjects: groups
     stamp.write_text(json.dumps(params))
     return manifest
 

@@ -187,6 +187,32 @@ class BlazeFace(Detector):
                 found[i] = plausible(_merge([rows[i], extra]), self.max_roll_deg)
         return found
 
+    def detect_video_batch(self, images: Sequence[np.ndarray], gate) -> list[Detections]:
+        """detect_batch, with the finer tiles on face-free frames only where `gate` allows
+        (pipeline/faces/gate.py); a face they find opens the frames after it, so this loops."""
+        if not self.confirm or self.pyramid is TilePyramid.ALWAYS or gate is None:
+            found = self.detect_batch(images)
+            if gate is not None:
+                gate.advance(len(images), [bool(len(d)) for d in found], 0, 0)
+            return found
+        rows = self._tiles(images, range(len(images)), coarse=True)
+        found = [plausible(_merge([r]), self.max_roll_deg) for r in rows]
+        cheap_empty = sum(not len(d) for d in found)
+        done: set[int] = set()
+        while True:
+            faces = [bool(len(d)) for d in found]
+            todo = [i for i in range(len(images)) if not faces[i] and i not in done and gate.allows(
+                gate.position + i, gate.last_face_before(gate.position + i, faces))]
+            if not todo:
+                break
+            done.update(todo)
+            for i, extra in zip(todo, self._tiles(images, todo, coarse=False)):
+                if len(extra):
+                    extra = extra[self._confirmed(images[i], extra)]
+                    found[i] = plausible(_merge([rows[i], extra]), self.max_roll_deg)
+        gate.advance(len(images), [bool(len(d)) for d in found], len(done), cheap_empty)
+        return found
+
     def _tiles(self, images: Sequence[np.ndarray], which: Sequence[int], coarse: bool) -> list[np.ndarray]:
         """Per image in `which`: (k, 15) source-pixel rows with score >= min_score from level 0
         (coarse) or from the finer levels, the latter filtered by `_keep_in_tile`."""

@@ -76,3 +76,11 @@ class Detector(ABC):
     @abstractmethod
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         ...
+
+    def detect_video_batch(self, images: Sequence[np.ndarray], gate) -> list[Detections]:
+        """Consecutive frames of one video; `gate` (pipeline/faces/gate.FineGate) lets a
+        detector with a costly search skip it on face-free frames. Default: detect_batch."""
+        found = self.detect_batch(images)
+        if gate is not None:
+            gate.advance(len(images), [bool(len(d)) for d in found], 0, 0)
+        return found

@@ -1,10 +1,13 @@
 """AU prediction on a stream of frames: detect, choose or track faces, crop, FAN, head.
 
-`Engine` holds a bundle's frozen FAN and head. `predict_stream(frames, ...)` turns an iterator
-of (index, RGB image) into one `Row` per face per frame (or one `success = False` row for a
-frame without a face), in frame order, with bounded memory whatever the video's length. A
-frame that could not be decoded comes in as an `Unreadable` and gets its `success = False` row
-with the reason; its neighbours treat it as a frame without a face.
+`predict_stream(frames, engine, detector, ...)` turns an iterator of (index, RGB image) into
+one `Row` per face per frame (or one `success = False` row for a frame without a face), in frame
+order, with bounded memory whatever the video's length; `engine` (pipeline/predict/engine.py)
+holds the bundle's FAN and head on their runtime. Decoding and detection run on a background
+thread at most PREFETCH_CHUNKS chunks ahead (a bounded queue), so they overlap the FAN. A frame
+that could not be decoded comes in as an `Unreadable` and gets its `success = False` row with
+the reason; its neighbours treat it as a frame without a face. Face rows carry the 68 landmarks
+(source pixels, from the FAN's heatmaps) and the head pose (pipeline/faces/pose.py).
 
 - static heads are answered frame by frame;
 - temporal heads, `cached`: each face crop's features are kept for 2T + 1 frames, so frame t is
@@ -12,10 +15,16 @@ with the reason; its neighbours treat it as a frame without a face.
   is replaced by frame t itself, as the reference does);
 - temporal heads, `exact`: decoded frames are kept for 2T + 1 frames and the neighbours t - T,
   t + T are warped onto frame t's crop with the 5-point similarity the reference uses; three
-  FAN passes per frame.
+  FAN passes per frame;
+- `every` N: rows only for frames 0, N, 2N, ...; their neighbours t -+ T are still detected and
+  (cached) passed through the FAN, the other frames are dropped after decoding;
+- `gate` (videos): BlazeFace's finer tiles on face-free frames only as pipeline/faces/gate.py
+  allows.
 """
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -24,16 +33,19 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from pipeline.faces.align import (AlignError, face_transform, neighbour_transform,
-                            reference_centre_transform, transform_points, warp)
-from pipeline.predict.bundle import BundleSpec, load_backbone_of, load_head_of
-from pipeline.quantise import roundtrip
-from pipeline.config import CropMode, FeatureDtype, TemporalMode
+from pipeline.config import TemporalMode
+from pipeline.faces import landmarks as lm
+from pipeline.faces.align import AlignError, neighbour_transform, transform_points, warp
+from pipeline.faces.gate import FineGate
+from pipeline.faces.pose import head_pose
 from pipeline.faces.types import Detections, Detector
 from pipeline.faces.tracking import IouTracker, largest
+from pipeline.models.fan import N_LANDMARKS
+from pipeline.predict.engine import Engine  # noqa: F401  (its home before engine.py)
 
 DETECT_BATCH = 16  # frames per detector call
-PIXEL_SCALE = 255.0
+PREFETCH_CHUNKS = 2  # detected chunks decoded ahead of the FAN on a background thread
+QUEUE_POLL_S = 0.5
 
 
 @dataclass
@@ -45,6 +57,8 @@ class Face:
     kp: np.ndarray  # (5, 2) source pixels, NaN where the detector has none
     m: np.ndarray  # (2, 3) source -> crop
     crop: np.ndarray  # (S, S, 3) uint8
+    size: tuple[int, int] = (0, 0)  # the frame's (width, height)
+    landmarks: Optional[np.ndarray] = None  # (68, 2) source pixels, from the FAN's heatmaps
 
 
 NO_FACE = "no face"  # the reason of a success = False row whose frame was read
@@ -67,59 +81,9 @@ class Row:
     kp: np.ndarray = field(default_factory=lambda: np.full((5, 2), np.nan, np.float32))
     probs: Optional[np.ndarray] = None  # (L,) probabilities
     crop: Optional[np.ndarray] = None  # (S, S, 3) uint8, kept only when asked for
+    landmarks: np.ndarray = field(default_factory=lambda: np.full((N_LANDMARKS, 2), np.nan, np.float32))
+    pose: np.ndarray = field(default_factory=lambda: np.full(6, np.nan))  # Tx, Ty, Tz mm; Rx, Ry, Rz rad
     reason: str = ""  # why success is False (NO_FACE, or the decode error)
-
-
-class Engine:
-    """A bundle's FAN and head on one device; features and probabilities of crops."""
-
-    def __init__(self, folder, spec: BundleSpec, *, temporal: TemporalMode, tta_flip: bool,
-                 batch_size: int = 8, device: str = "cpu", allow_random_weights: bool = False):
-        self.spec, self.temporal, self.tta = spec, TemporalMode(temporal), tta_flip
-        self.device = torch.device(device)
-        self.fan, self.weights_id = load_backbone_of(folder, spec, allow_random_weights)
-        self.fan = self.fan.to(self.device)
-        self.head = load_head_of(folder, spec).to(self.device)
-        self.is_temporal = bool(getattr(self.head, "temporal", False))
-        self.T, self.batch = spec.temporal_offset, batch_size
-        self.timing = {"fan": 0.0, "head": 0.0}
-
-    def transform(self, box: np.ndarray, kp: np.ndarray) -> np.ndarray:
-        c = self.spec.crop
-        if c.mode is CropMode.REFERENCE:
-            return reference_centre_transform(box, c.size)
-        return face_transform(kp, box, size=c.size, eye_distance=c.eye_distance, margin=c.box_margin)
-
-    @torch.inference_mode()
-    def features(self, crops: np.ndarray) -> torch.Tensor:
-        """(B, 768, h, w) float16 features of crops (B, S, S, 3) uint8; with TTA flip, the
-        flipped crops' features follow as a second block: (2B, ...)."""
-        t0 = time.perf_counter()
-        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
-        if self.tta:
-            x = torch.cat([x, x.flip(-1)])
-        out = []
-        for i in range(0, len(x), self.batch):
-            xb = x[i:i + self.batch].to(self.device).float().div_(PIXEL_SCALE)
-            f = self.fan(xb)  # (b, 768, h, w)
-            if self.spec.feature_dtype is FeatureDtype.UINT8:  # as the head's training cache
-                f = roundtrip(f)
-            out.append(f.to("cpu", torch.float16))
-        self.timing["fan"] += time.perf_counter() - t0
-        return torch.cat(out) if out else torch.zeros(0)
-
-    @torch.inference_mode()
-    def probs(self, f_t: torch.Tensor, f_prev=None, f_next=None) -> np.ndarray:
-        """(B, L) probabilities; with TTA flip the inputs hold both halves and the logits of a
-        crop and its flip are averaged."""
-        t0 = time.perf_counter()
-        args = [f_t] if not self.is_temporal else [f_t, f_prev, f_next]
-        logits = self.head(*[a.to(self.device).float() for a in args])
-        if self.tta:
-            half = len(logits) // 2
-            logits = (logits[:half] + logits[half:]) / 2
-        self.timing["head"] += time.perf_counter() - t0
-        return torch.sigmoid(logits).cpu().numpy()
 
 
 def _faces_of(engine: Engine, index: int, image: np.ndarray, dets: Detections, pick) -> list[Face]:
@@ -130,8 +94,15 @@ def _faces_of(engine: Engine, index: int, image: np.ndarray, dets: Detections, p
         except AlignError:
             continue
         out.append(Face(index, face_id, float(dets.scores[k]), dets.boxes[k].copy(),
-                        dets.keypoints[k].copy(), m, warp(image, m, engine.spec.crop.size)))
+                        dets.keypoints[k].copy(), m, warp(image, m, engine.spec.crop.size),
+                        (image.shape[1], image.shape[0])))
     return out
+
+
+def _set_landmarks(faces: list[Face], points: np.ndarray) -> None:
+    """points (len(faces), 68, 2) crop pixels -> each face's landmarks in source pixels."""
+    for x, p in zip(faces, points):
+        x.landmarks = lm.to_source(p, x.m)
 
 
 def _pair(feats: torch.Tensor, n: int, i: int) -> torch.Tensor:
@@ -139,59 +110,120 @@ def _pair(feats: torch.Tensor, n: int, i: int) -> torch.Tensor:
     return feats[[i, i + n]] if len(feats) == 2 * n else feats[i:i + 1]
 
 
-def predict_stream(frames: Iterator[tuple[int, np.ndarray]], engine: Engine, detector: Detector,
-                   *, all_faces: bool = False, min_face_px: float = 24, keep_crops: bool = False,
-                   timing: Optional[dict] = None) -> Iterator[Row]:
-    """Rows in frame order (see the module docstring); `timing` gets decode and detect seconds."""
-    timing = timing if timing is not None else {}
-    for k in ("decode", "detect", "crop"):
-        timing.setdefault(k, 0.0)
-    tracker = IouTracker(min_face_px=min_face_px) if all_faces else None
-    T = engine.T if engine.is_temporal else 0
-    pending: deque[tuple[int, list[Face]]] = deque()  # frames not answered yet
-    feats: dict[tuple[int, int], torch.Tensor] = {}  # (face id, frame) -> features (cached)
-    images: dict[int, tuple[np.ndarray, list[Face]]] = {}  # frame -> (image, faces) (exact)
-    unreadable: dict[int, str] = {}  # frame -> reason, until its row is out
-    last = -1
+def _needed(index: int, every: int, T: int) -> tuple[bool, bool]:
+    """(sampled, needed) of a frame under `every`: needed = sampled, or the t -+ T neighbour of
+    a sampled frame t (temporal heads read true neighbours of the source video)."""
+    sampled = index % every == 0
+    near = T > 0 and ((index + T) % every == 0 or (index >= T and (index - T) % every == 0))
+    return sampled, sampled or near
+
+
+def _chunks(frames, detector: Detector, gate: Optional[FineGate], every: int, T: int,
+            timing: dict) -> Iterator[list]:
+    """Chunks of up to DETECT_BATCH needed frames: [(index, image or Unreadable, sampled,
+    Detections or None)], decoded and detected (`timing` gets their seconds)."""
     source = iter(frames)
     done = False
     while not done:
         t0 = time.perf_counter()
         chunk = []
-        for item in source:
-            chunk.append(item)
-            if len(chunk) == DETECT_BATCH:
-                break
-        done = len(chunk) < DETECT_BATCH
+        for index, image in source:
+            sampled, needed = _needed(index, every, T)
+            if needed:
+                chunk.append((index, image, sampled))
+                if len(chunk) == DETECT_BATCH:
+                    break
+        else:
+            done = True
         timing["decode"] += time.perf_counter() - t0
-        for index, image in chunk:
-            if isinstance(image, Unreadable):
+        ok = [img for _, img, _ in chunk if not isinstance(img, Unreadable)]
+        t0 = time.perf_counter()
+        dets = iter(detector.detect_video_batch(ok, gate) if ok else [])
+        timing["detect"] += time.perf_counter() - t0
+        yield [(i, img, s, None if isinstance(img, Unreadable) else next(dets))
+               for i, img, s in chunk]
+
+
+def _prefetched(chunks: Iterator[list], depth: int) -> Iterator[list]:
+    """`chunks` produced on a background thread, at most `depth` ahead (memory stays flat):
+    decoding and detection overlap the FAN. depth 0: in this thread."""
+    if depth <= 0:
+        yield from chunks
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce():
+        try:
+            for c in chunks:
+                while not stop.is_set():
+                    try:
+                        q.put(c, timeout=QUEUE_POLL_S)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(end)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+
+    worker = threading.Thread(target=produce, daemon=True, name="decode-detect")
+    worker.start()
+    try:
+        while (item := q.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=QUEUE_POLL_S * 4)
+
+
+def predict_stream(frames: Iterator[tuple[int, np.ndarray]], engine: Engine, detector: Detector,
+                   *, all_faces: bool = False, min_face_px: float = 24, keep_crops: bool = False,
+                   timing: Optional[dict] = None, every: int = 1, gate: Optional[FineGate] = None,
+                   prefetch: Optional[int] = None) -> Iterator[Row]:
+    """Rows in frame order (see the module docstring); `timing` gets decode and detect seconds.
+    every: rows only for frames 0, N, 2N, ... (their neighbours are still read); gate: the
+    video's detector gate (pipeline/faces/gate.py), None for independent images."""
+    timing = timing if timing is not None else {}
+    for k in ("decode", "detect", "crop"):
+        timing.setdefault(k, 0.0)
+    tracker = IouTracker(min_face_px=min_face_px) if all_faces else None
+    T = engine.T if engine.is_temporal else 0
+    pending: deque[tuple[int, list[Face], bool]] = deque()  # frames not answered yet
+    feats: dict[tuple[int, int], torch.Tensor] = {}  # (face id, frame) -> features (cached)
+    images: dict[int, tuple[np.ndarray, list[Face]]] = {}  # frame -> (image, faces) (exact)
+    unreadable: dict[int, str] = {}  # frame -> reason, until its row is out
+    last = -1
+    depth = PREFETCH_CHUNKS if prefetch is None else prefetch
+    source = _prefetched(_chunks(frames, detector, gate, every, T, timing), depth)
+    chunk: list = []
+    while True:
+        chunk = next(source, None)
+        done = chunk is None
+        t0 = time.perf_counter()
+        new: list[Face] = []
+        for index, image, sampled, d in chunk or []:
+            last = index
+            if d is None:
                 unreadable[index] = image.reason
-        chunk_ok = [(i, img) for i, img in chunk if i not in unreadable]
-        if chunk:
-            t0 = time.perf_counter()
-            dets = iter(detector.detect_batch([img for _, img in chunk_ok]) if chunk_ok else [])
-            timing["detect"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            new: list[Face] = []
-            for index, image in chunk:
-                if index in unreadable:
-                    pending.append((index, []))
-                    last = index
-                    continue
-                d = next(dets)
-                pick = tracker.update(index, d) if tracker else [(0, k) for k in largest(d, min_face_px)]
-                faces = _faces_of(engine, index, image, d, pick)
-                pending.append((index, faces))
-                new += faces
-                if engine.temporal is TemporalMode.EXACT and T:
-                    images[index] = (image, faces)
-                last = index
-            timing["crop"] += time.perf_counter() - t0
-            if new and (T == 0 or engine.temporal is TemporalMode.CACHED):
-                f = engine.features(np.stack([x.crop for x in new]))
-                for i, x in enumerate(new):
-                    feats[(x.face_id, x.frame)] = _pair(f, len(new), i)
+                pending.append((index, [], sampled))
+                continue
+            pick = tracker.update(index, d) if tracker else [(0, k) for k in largest(d, min_face_px)]
+            faces = _faces_of(engine, index, image, d, pick)
+            pending.append((index, faces, sampled))
+            new += faces
+            if engine.temporal is TemporalMode.EXACT and T:
+                images[index] = (image, faces)
+        timing["crop"] += time.perf_counter() - t0
+        if new and (T == 0 or engine.temporal is TemporalMode.CACHED):
+            f, pts = engine.features(np.stack([x.crop for x in new]))
+            _set_landmarks(new, pts)
+            for i, x in enumerate(new):
+                feats[(x.face_id, x.frame)] = _pair(f, len(new), i)
         ready = []
         while pending and (done or pending[0][0] + T <= last):
             ready.append(pending.popleft())
@@ -201,16 +233,19 @@ def predict_stream(frames: Iterator[tuple[int, np.ndarray]], engine: Engine, det
             del feats[key]
         for key in [k for k in images if k < oldest]:
             del images[key]
+        if done:
+            return
 
 
 def _answer(engine: Engine, ready, feats, images, T: int, keep_crops: bool,
             unreadable: dict[int, str]) -> Iterator[Row]:
-    faces = [x for _, fs in ready for x in fs]
+    faces = [x for _, fs, sampled in ready if sampled for x in fs]
     probs: dict[tuple[int, int], np.ndarray] = {}
     for i in range(0, len(faces), engine.batch):
         part = faces[i:i + engine.batch]
         if engine.temporal is TemporalMode.EXACT and T:
-            trip = engine.features(np.stack([c for x in part for c in _exact_crops(engine, x, images, T)]))
+            trip, pts = engine.features(np.stack([c for x in part for c in _exact_crops(engine, x, images, T)]))
+            _set_landmarks(part, pts[1::3])
             n = 3 * len(part)
             sel = lambda j: torch.cat([_pair(trip, n, 3 * q + j) for q in range(len(part))])  # noqa: E731
             p = engine.probs(*_regroup([sel(1), sel(0), sel(2)], engine.tta))
@@ -222,12 +257,15 @@ def _answer(engine: Engine, ready, feats, images, T: int, keep_crops: bool,
             p = engine.probs(*_regroup([torch.cat(c) for c in cols], engine.tta))
         for x, row in zip(part, p):
             probs[(x.face_id, x.frame)] = row
-    for index, fs in ready:
+    for index, fs, sampled in ready:
+        if not sampled:
+            unreadable.pop(index, None)
+            continue
         if not fs:
             yield Row(index, 0, False, reason=unreadable.pop(index, NO_FACE))
         for x in fs:
             yield Row(index, x.face_id, True, x.score, x.box, x.kp, probs[(x.face_id, x.frame)],
-                      x.crop if keep_crops else None)
+                      x.crop if keep_crops else None, x.landmarks, head_pose(x.landmarks, *x.size))
 
 
 def _regroup(blocks: list[torch.Tensor], tta: bool) -> list[torch.Tensor]:

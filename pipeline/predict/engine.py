@@ -1,0 +1,144 @@
+"""A bundle's frozen FAN and head on one runtime: features, landmarks and probabilities of crops.
+
+`Engine(folder, spec, ..., runtime, exports)` loads the bundle's networks in torch; with the
+onnx runtime it also gets each network's ONNX export from `exports(name, identity, write)` (the
+store's cache, store/onnx_cache.py: exported once per bundle files' hashes and library versions),
+runs both on probe crops and refuses the export when they disagree (pipeline/predict/runtime.py).
+On CUDA the torch FAN runs under fp16 autocast. `features(crops)` gives the head's input features
+(float16, kept small for the temporal buffers) and each crop's 68 landmarks in crop pixels,
+decoded from the FAN's own heatmaps (pipeline/faces/landmarks.py).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from pipeline.config import CropMode, FeatureDtype, Runtime, TemporalMode
+from pipeline.faces import landmarks
+from pipeline.faces.align import face_transform, reference_centre_transform
+from pipeline.predict import runtime as rt
+from pipeline.models.fan import N_LANDMARKS
+from pipeline.predict.bundle import BundleSpec, load_backbone_of, load_head_of
+from pipeline.quantise import roundtrip
+
+PIXEL_SCALE = 255.0
+PROBE_CROPS = 2  # crops the exports are checked on when they load
+Exports = Callable[[str, dict, Callable[[Path], None]], Path]
+
+
+class Engine:
+    """A bundle's FAN and head on one device and runtime."""
+
+    def __init__(self, folder, spec: BundleSpec, *, temporal: TemporalMode, tta_flip: bool,
+                 batch_size: int = 8, device: str = "cpu", allow_random_weights: bool = False,
+                 runtime: Runtime = Runtime.TORCH, exports: Optional[Exports] = None):
+        self.spec, self.temporal, self.tta = spec, TemporalMode(temporal), tta_flip
+        self.device = torch.device(device)
+        fan, self.weights_id = load_backbone_of(folder, spec, allow_random_weights)
+        self.fan = fan.to(self.device)
+        self.fan_outputs = rt.FanOutputs(self.fan).eval()
+        self.head = load_head_of(folder, spec).to(self.device)
+        self.is_temporal = bool(getattr(self.head, "temporal", False))
+        self.T, self.batch = spec.temporal_offset, batch_size
+        self.timing = {"fan": 0.0, "head": 0.0}
+        self.runtime = rt.resolve(runtime, device)
+        self.onnx_fan = self.onnx_head = None
+        self.check_error: dict[str, float] = {}
+        if self.runtime is Runtime.ONNX:
+            if exports is None:
+                raise ValueError("the onnx runtime needs an export cache (store.onnx_cache)")
+            self._load_onnx(folder, exports)
+
+    def transform(self, box: np.ndarray, kp: np.ndarray) -> np.ndarray:
+        c = self.spec.crop
+        if c.mode is CropMode.REFERENCE:
+            return reference_centre_transform(box, c.size)
+        return face_transform(kp, box, size=c.size, eye_distance=c.eye_distance, margin=c.box_margin)
+
+    def _identity(self, name: str) -> dict:
+        import onnx  # noqa: F401  (the exporter needs it: fail here, by name, if absent)
+
+        s = self.spec
+        return {"network": name, "fan": s.backbone.sha256 or self.weights_id,
+                "backbone": s.backbone.variant.value, "head": s.head_sha256,
+                "head_layout": s.head_layout.value, "variant": s.variant.value, "aus": s.aus,
+                "crop": s.crop.size, "torch": torch.__version__,
+                "onnxruntime": rt.onnxruntime_version(), "opset": rt.OPSET,
+                "export": rt.EXPORT_VERSION}
+
+    @torch.inference_mode()
+    def _load_onnx(self, folder, exports: Exports) -> None:
+        size = self.spec.crop.size
+        x = torch.from_numpy(rt.probe_crops(PROBE_CROPS, size)).permute(0, 3, 1, 2).float() / PIXEL_SCALE
+        feats, heat = self.fan_outputs(x)
+        fan_path = exports("fan", self._identity("fan"), lambda p: rt.export(
+            self.fan_outputs, [x], ["crops"], ["features", "heatmaps"], p))
+        self.onnx_fan = rt.OnnxNet(fan_path)
+        self.check_error["fan"] = rt.check([feats.numpy(), heat.numpy()],
+                                           self.onnx_fan(x.numpy()), f"{folder}: the FAN")
+        args = [feats] * (3 if self.is_temporal else 1)
+        names = ["f_t", "f_prev", "f_next"][:len(args)]
+        head_path = exports("head", self._identity("head"), lambda p: rt.export(
+            self.head, args, names, ["logits"], p))
+        self.onnx_head = rt.OnnxNet(head_path)
+        self.check_error["head"] = rt.check([self.head(*args).numpy()],
+                                            self.onnx_head(*[a.numpy() for a in args]),
+                                            f"{folder}: the head")
+
+    def _fan_batch(self, xb: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """(features float16 on the CPU, heatmaps float32) of one batch of float crops."""
+        if self.onnx_fan is not None:
+            f, h = self.onnx_fan(xb.numpy())
+            return self._as_trained(torch.from_numpy(f)).to(torch.float16), h
+        xb = xb.to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+            f, h = self.fan_outputs(xb)
+        return self._as_trained(f).to("cpu", torch.float16), h.float().cpu().numpy()
+
+    def _as_trained(self, f: torch.Tensor) -> torch.Tensor:
+        """Features as the head's training cache held them: a head trained on a uint8 cache
+        gets them quantised and dequantised the same way (pipeline.quantise.roundtrip)."""
+        return roundtrip(f) if self.spec.feature_dtype is FeatureDtype.UINT8 else f
+
+    @torch.inference_mode()
+    def features(self, crops: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """crops (B, S, S, 3) uint8 -> (features (B, 768, h, w) float16, landmarks (B, 68, 2)
+        crop pixels); with TTA flip, the flipped crops' features follow as a second block:
+        (2B, ...) (landmarks are the unflipped crops' only)."""
+        t0 = time.perf_counter()
+        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
+        n = len(x)
+        if self.tta:
+            x = torch.cat([x, x.flip(-1)])
+        out, heat = [], []
+        for i in range(0, len(x), self.batch):
+            f, h = self._fan_batch(x[i:i + self.batch].float().div_(PIXEL_SCALE))
+            out.append(f)
+            heat.append(h[:max(0, min(len(h), n - i))])
+        self.timing["fan"] += time.perf_counter() - t0
+        if not out:
+            return torch.zeros(0), np.zeros((0, N_LANDMARKS, 2), np.float32)
+        hm = np.concatenate(heat)
+        pts = landmarks.to_crop(landmarks.decode(hm), hm.shape[-1], self.spec.crop.size)
+        return torch.cat(out), pts
+
+    @torch.inference_mode()
+    def probs(self, f_t: torch.Tensor, f_prev=None, f_next=None) -> np.ndarray:
+        """(B, L) probabilities; with TTA flip the inputs hold both halves and the logits of a
+        crop and its flip are averaged."""
+        t0 = time.perf_counter()
+        args = [f_t] if not self.is_temporal else [f_t, f_prev, f_next]
+        if self.onnx_head is not None:
+            logits = torch.from_numpy(self.onnx_head(*[a.float().numpy() for a in args])[0])
+        else:
+            logits = self.head(*[a.to(self.device).float() for a in args]).float().cpu()
+        if self.tta:
+            half = len(logits) // 2
+            logits = (logits[:half] + logits[half:]) / 2
+        self.timing["head"] += time.perf_counter() - t0
+        return torch.sigmoid(logits).numpy()
+
