@@ -5,8 +5,11 @@
 1. Throughput: the whole stage (crop store read, FAN, NaN check, float16, compression, shard
    writes, completion records) against a bare loop of FAN forwards on the same frames, batch
    size and threads, in one run. Target: ratio >= 0.9.
-2. Codecs: bytes per frame on disk vs raw float16 (6.29 MB at 768x64x64), write and read MB/s,
-   and the precision lost (max relative error vs the float32 features) per codec.
+2. Codecs and dtypes (float16, float32, uint8: pipeline.quantise): bytes per frame on disk
+   (uint8: codes plus scale and offset) vs raw float16 (6.29 MB at 768x64x64), write and read
+   MB/s (of raw float16 bytes), the reader's frames/s as training reads (float16, channels
+   last), and the precision lost vs the float32 features: max relative error (values above
+   float16's smallest normal) and max error / the frame's channel range.
 Uses the randomly initialised backbone (no pretrained weights on this machine): timings are
 those of the real network; compression ratios of trained features differ (see docs/features.md).
 """
@@ -35,6 +38,7 @@ from store.features import FeatureStore, create_feature_store, shard_range, writ
 CROP = 256
 RAW_F16 = 768 * 64 * 64 * 2
 FLOAT16_TINY = 6.1e-5  # smallest normal float16: relative error is measured above it
+READ_BATCH = 8  # frames per reader call in the frames/s column (a training batch's distinct rows)
 
 
 def make_config(root: Path, frames_per_shard: int, batch_size: int, codec: str) -> RunConfig:
@@ -95,7 +99,7 @@ def throughput(args, root: Path) -> np.ndarray:
     n = args.frames
     print(f"\n== extraction throughput: {n} frames {CROP}x{CROP}, batch {args.batch_size}, "
           f"{torch.get_num_threads()} torch threads, {args.frames_per_shard} frames/shard, codec {args.codec}")
-    print(f"bare FAN loop : {n / bare:8.3f} frames/s (best of {[round(b, 2) for b in bares]} s)")
+    print(f"bare FAN loop : {n / bare:8.3f} frames/s (the machine's FAN rate) (best of {[round(b, 2) for b in bares]} s)")
     print(f"features stage: {n / stage:8.3f} frames/s (best of {[round(t, 2) for t in stages]} s, "
           f"incl. plan, crop reads, checks, compression, writes)")
     print(f"ratio stage/bare = {bare / stage:.3f} (target >= 0.9)")
@@ -110,10 +114,14 @@ def codecs(feats32: np.ndarray, root: Path, fps: int) -> None:
     print(f"\n== codecs: {n} frames of 768x64x64 random-weight FAN features, one frame per inner "
           f"chunk, {fps} frames per shard")
     print(f"{'codec':<11}{'dtype':<9}{'MB/frame':>9}{'x raw f16':>10}{'write MB/s':>11}"
-          f"{'read MB/s':>10}{'max rel err':>12}")
+          f"{'read MB/s':>10}{'reader fr/s':>12}{'max rel err':>12}{'err/range':>10}")
     big = np.abs(feats32) > FLOAT16_TINY
+    flat = feats32.reshape(n, feats32.shape[1], -1)
+    span = (flat.max(2) - flat.min(2))[:, :, None, None]  # (n, C, 1, 1) each channel's range
+    span = np.where(span > 0, span, 1)
     for codec in ("blosc-lz4", "blosc-zstd", "zstd", "none"):
-        for dtype in (("float16", "float32") if codec == "blosc-lz4" else ("float16",)):
+        for dtype in (("float16", "float32", "uint8") if codec == "blosc-lz4" else
+                      ("float16", "uint8")):
             path = root / f"{codec}-{dtype}.zarr"
             g = create_feature_store(path, n, dtype=dtype, frames_per_shard=fps, codec=codec,
                                      attrs={"provenance": {}})
@@ -122,15 +130,22 @@ def codecs(feats32: np.ndarray, root: Path, fps: int) -> None:
                 a, b = shard_range(s, n, fps)
                 write_shard(g, s, feats32[a:b], np.ones(b - a, bool))
             tw = time.perf_counter() - t0
-            on_disk = sum(p.stat().st_size for p in (path / "features").rglob("*") if p.is_file())
+            on_disk = sum(p.stat().st_size for a in ("features", "scale", "offset")
+                          for p in (path / a).rglob("*") if p.is_file())
             fs = FeatureStore(path)
             t0 = time.perf_counter()
             back = fs.read(np.arange(n))
             tr = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for a in range(0, n, READ_BATCH):  # as the training loader reads
+                fs.read(np.arange(a, min(a + READ_BATCH, n)), dtype=None, channels_last=True)
+            fr = n / (time.perf_counter() - t0)
             raw = n * RAW_F16 * (2 if dtype == "float32" else 1)
-            rel = (np.abs(back - feats32)[big] / np.abs(feats32)[big]).max()
+            err = np.abs(back - feats32)
+            rel = (err[big] / np.abs(feats32)[big]).max()
             print(f"{codec:<11}{dtype:<9}{on_disk / n / 1e6:9.3f}{on_disk / (n * RAW_F16):10.3f}"
-                  f"{raw / tw / 1e6:11.0f}{raw / tr / 1e6:10.0f}{rel:12.2e}")
+                  f"{raw / tw / 1e6:11.0f}{raw / tr / 1e6:10.0f}{fr:12.1f}{rel:12.2e}"
+                  f"{(err / span).max():10.2e}")
 
 
 def main() -> None:

@@ -71,6 +71,8 @@ def _stage(args: argparse.Namespace) -> int:
     select = None
     if args.command in ("train", "prior"):
         select = {"variants": getattr(args, "variant", None), "folds": args.fold}
+    if args.command == "features":
+        select = {"verify": args.verify}
     summary = runner.execute(args.command, cfg, Catalog(cfg.store), force=args.force,
                              progress=not args.quiet, select=select)
     _print_summary(args.command, summary)
@@ -277,6 +279,10 @@ def _stage_commands(sub) -> None:
             s.add_argument("--fold", action="append", type=_fold,
                            help="test fold number, or `all` for a model of every subject "
                                 "(repeatable; default: the config's, else every test fold)")
+        if name == "features":
+            s.add_argument("--verify", action="store_true",
+                           help="also decode every done shard (checksums, finite values) and "
+                                "recompute the damaged ones; reads the whole store")
         s.set_defaults(func=_stage)
 
 

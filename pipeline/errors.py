@@ -39,6 +39,10 @@ class StaleArtifact(UserError):
     """An artifact exists but was made from other inputs, settings or code than asked for."""
 
 
+class NonFinite(UserError, ArithmeticError):
+    """A NaN or Inf training loss or prediction: nothing is recorded; the message says what to try."""
+
+
 class StoreLocked(UserError):
     """Another run writes (or reads) what this run needs."""
 

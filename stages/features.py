@@ -28,8 +28,8 @@ from store import mix
 from store.catalog import Catalog
 from store.codekey import code_key
 from store.features import (CODE_ENTRY, FeatureStore, complete_with, create_feature_store,
-                            done_shards, expected_keys, is_complete_layout, mark_done, shard_range,
-                            store_key, write_shard)
+                            damaged_shards, done_shards, expected_keys, is_complete_layout,
+                            mark_done, shard_range, store_key, write_shard)
 from store.identity import features_identity
 from store.provenance import RANDOM_WEIGHTS_BANNER, record
 
@@ -72,11 +72,14 @@ def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) 
     out = catalog.features(cfg)
     n = crop_store.CropStore(crops_path).n_frames
     fps = cfg.features.frames_per_shard
-    done = {}
+    done, damaged = {}, {}
     if is_complete_layout(out):
         g = zarr.open_group(str(out), mode="r")
         if g["features"].shape[0] == n:
             done = done_shards(g)
+            # a done shard whose file is gone or damaged is done no more
+            damaged = damaged_shards(g, deep=bool((select or {}).get("verify")))
+            done = {s: k for s, k in done.items() if s not in damaged}
     todo = [s for s in range(len(keys)) if force or done.get(s) != keys[s]]
     groups, run_ = [], []
     for s in todo:  # contiguous runs of at most SHARDS_PER_UNIT shards
@@ -91,7 +94,7 @@ def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) 
                           sum(np.subtract(*shard_range(s, n, fps)[::-1]) for s in g))
              for g in groups]
     skipped = [f"shard{s}" for s in range(len(keys)) if s not in set(todo)]
-    return Plan(units, skipped, {"path": str(out), "keys": keys, "frames": n,
+    return Plan(units, skipped, {"path": str(out), "keys": keys, "frames": n, "redo": sorted(todo) if force else sorted(damaged),
                                  "crops": str(crops_path), "crop_key": crop_rec["key"]})
 
 
@@ -99,11 +102,14 @@ def prepare(cfg: RunConfig, catalog: Catalog, plan: Plan) -> None:
     """Create the store (whole, atomically) unless one of this identity and size exists."""
     out, n = Path(plan.context["path"]), plan.context["frames"]
     if is_complete_layout(out) and zarr.open_group(str(out), mode="r")["features"].shape[0] == n:
+        g = zarr.open_group(str(out), mode="r+")
+        for s in plan.context["redo"]:  # damaged (or --force): done no more, so recomputed
+            g["shard_done"][s] = False
         return
     crops = zarr.open_group(plan.context["crops"], mode="r")
     size = crops["crops"].shape[1] // FEATURE_STRIDE
     f = cfg.features
-    create_feature_store(out, n, channels=FEATURE_CHANNELS, size=size, dtype=f.dtype,
+    create_feature_store(out, n, channels=FEATURE_CHANNELS, size=size, dtype=f.dtype.value,
                          frames_per_shard=f.frames_per_shard, codec=f.codec,
                          attrs={"provenance": {},
                                 "random_weights": weights_identity(f).startswith("random")})
@@ -124,8 +130,8 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: FeaturesUnit, progress=None
     computed = written = 0
     pending: Optional[Future] = None
 
-    def _store(shard: int, key: str, feats: np.ndarray, valid: np.ndarray) -> None:
-        write_shard(g, shard, feats, valid)
+    def _store(shard: int, key: str, feats: np.ndarray, valid: np.ndarray, quant) -> None:
+        write_shard(g, shard, feats, valid, *(quant or ()))
         mark_done(g, shard, key)  # only after the data is on disk
 
     # One writer thread: compressing shard k overlaps computing shard k+1; at most one write in
@@ -147,15 +153,18 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: FeaturesUnit, progress=None
                     progress(stop - start)
                 continue  # resume: never rewrite a finished shard
             valid = success[start - first:stop - first]
+            # uint8: each shard's own (scale, offset) (n, C), small enough to allocate per shard
+            quant = tuple(np.zeros((stop - start, g["features"].shape[1]), np.float32)
+                          for _ in range(2)) if dtype == "uint8" else None
             feats = compute_shard(model, pixels[start - first:stop - first], valid, start,
                                   dtype=dtype, batch_size=cfg.features.batch_size, device=device,
                                   src=unit.crops_path, on_batch=progress,
-                                  buffer=buffers[written % len(buffers)])
+                                  buffer=buffers[written % len(buffers)], quant=quant)
             if progress:
                 progress(int((~valid).sum()))  # rows without a face are not computed
             if pending is not None:
                 pending.result()
-            pending = pool.submit(_store, shard, key, feats, valid)
+            pending = pool.submit(_store, shard, key, feats, valid, quant)
             computed += int(valid.sum())
             written += 1
         if pending is not None:
@@ -191,9 +200,9 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
     ok = [r for r in results if r.ok]
     seconds = sum(r.data["seconds"] for r in ok)
     computed_now = sum(r.data["computed"] for r in ok)
-    feat_bytes = _dir_bytes(out / "features")
+    feat_bytes = sum(_dir_bytes(out / a) for a in ("features", "scale", "offset") if (out / a).exists())
     c, h, w = store.shape
-    raw = c * h * w * store.dtype.itemsize
+    raw = c * h * w * store.stored_dtype.itemsize
     n_valid = int(store.valid.sum())
     return {
         "path": str(out), "frames": store.n_frames, "computed": n_valid,

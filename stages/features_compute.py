@@ -16,6 +16,7 @@ import torch
 from pipeline.config import Device, RunConfig
 from pipeline.errors import InputError
 from pipeline.models.fan import FEATURE_CHANNELS, FEATURE_STRIDE, FrozenFAN, load_backbone
+from pipeline.quantise import quantise
 
 PIXEL_SCALE = 255.0  # uint8 crops -> [0, 1]; the FAN takes no mean/std normalisation
 
@@ -67,8 +68,12 @@ def _check_finite(stored: torch.Tensor, rows: np.ndarray, src: str) -> None:
 def compute_shard(model: FrozenFAN, pixels: np.ndarray, valid: np.ndarray, first_row: int, *,
                   dtype: str, batch_size: int, device: torch.device, src: str,
                   on_batch: Optional[Callable[[int], None]] = None,
-                  buffer: Optional[np.ndarray] = None) -> np.ndarray:
+                  buffer: Optional[np.ndarray] = None,
+                  quant: Optional[tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
     """Features (n, 768, s, s) of crops pixels (n, S, S, 3) uint8; rows with valid False are zero.
+
+    dtype uint8: the codes of pipeline.quantise, whose scale and offset (n, 768) float32 are
+    written into `quant` (required then); NaN/Inf is refused before quantising.
 
     first_row: the crop store row of pixels[0], for error messages. buffer: optional
     (>= n, 768, s, s) array of `dtype` to fill and return a view of, so that a caller reusing
@@ -88,6 +93,11 @@ def compute_shard(model: FrozenFAN, pixels: np.ndarray, valid: np.ndarray, first
     todo = np.flatnonzero(valid)
     cuda = device.type == "cuda"
     tdtype = getattr(torch, dtype)
+    if dtype == "uint8":
+        if quant is None or any(q.shape != shape[:2] for q in quant):
+            raise ValueError(f"a uint8 shard needs quant=(scale, offset) arrays of {shape[:2]}")
+        for q in quant:
+            q[~valid] = 0
     with torch.inference_mode():
         for i in range(0, todo.size, batch_size):
             idx = todo[i:i + batch_size]
@@ -100,20 +110,35 @@ def compute_shard(model: FrozenFAN, pixels: np.ndarray, valid: np.ndarray, first
             x = x.permute(0, 3, 1, 2).float().div_(PIXEL_SCALE)  # (B, 3, S, S)
             with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
                 feats = model(x)  # (B, 768, s, s)
-            if cuda:  # cast on the device, then one contiguous device-to-host copy
-                feats = feats.to(tdtype, memory_format=torch.contiguous_format)
-            if isinstance(sel, slice):
-                # CPU: one pass casts to the stored dtype and turns the channels-last output
-                # into (C, H, W) rows, straight into the shard buffer (a cast, then a numpy
-                # copy, was two passes, ~7 ms per frame)
-                dst = out_t[sel]  # (B, C, s, s) view
-                dst.copy_(feats)
+            rows = out_t[sel] if isinstance(sel, slice) else None  # (B, C, s, s) view
+            if dtype == "uint8":
+                _check_finite(feats, first_row + idx, src)  # before quantising hides it
+                codes, scale, offset = quantise(feats)  # (B, C, s, s) uint8; (B, C) each
+                if rows is not None:
+                    rows.copy_(codes)
+                else:
+                    out_t[torch.from_numpy(idx)] = codes.cpu()
+                quant[0][idx], quant[1][idx] = scale.cpu().numpy(), offset.cpu().numpy()
             else:
-                dst = feats.to("cpu", tdtype)
-                out_t[torch.from_numpy(idx)] = dst
-            _check_finite(dst, first_row + idx, src)
+                _store_float(feats, out_t, sel, idx, tdtype, cuda)
+                _check_finite(out_t[torch.from_numpy(idx)] if rows is None else rows,
+                              first_row + idx, src)
             if on_batch is not None:
                 on_batch(idx.size)
     return out
 
 
+
+
+def _store_float(feats: torch.Tensor, out_t: torch.Tensor, sel, idx: np.ndarray,
+                 tdtype: torch.dtype, cuda: bool) -> None:
+    """feats (B, C, s, s) into out_t's rows `sel` (a slice, or the indices idx), in the stored dtype."""
+    if cuda:  # cast on the device, then one contiguous device-to-host copy
+        feats = feats.to(tdtype, memory_format=torch.contiguous_format)
+    if isinstance(sel, slice):
+        # CPU: one pass casts to the stored dtype and turns the channels-last output into
+        # (C, H, W) rows, straight into the shard buffer (a cast, then a numpy copy, was two
+        # passes, ~7 ms per frame)
+        out_t[sel].copy_(feats)
+    else:
+        out_t[torch.from_numpy(idx)] = feats.to("cpu", tdtype)

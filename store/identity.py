@@ -62,7 +62,7 @@ def faces_id(cfg: RunConfig) -> str:
 def features_identity(cfg: RunConfig) -> dict:
     f = cfg.features
     # batch_size and device change speed, not the stored values: not part of the identity
-    return {"backbone": f.backbone.value, "weights": weights_identity(f), "dtype": f.dtype,
+    return {"backbone": f.backbone.value, "weights": weights_identity(f), "dtype": f.dtype.value,
             "frames_per_shard": f.frames_per_shard, "codec": f.codec, "crops": faces_id(cfg),
             "crop_size": cfg.faces.size}
 

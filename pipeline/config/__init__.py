@@ -8,7 +8,8 @@ from pipeline.config.base import DaskConfig, Strict
 from pipeline.config.data import DatasetConfig, FoldScheme, Layout, OnBadInput
 from pipeline.config.faces import DetectorKind, FaceRule, FacesConfig, TemporalRule, TilePyramid
 from pipeline.config.learning import (LATENT_DIMS, Backbone, ConsistencyForm, Device, EvalConfig,
-                                      FeaturesConfig, PriorConfig, ThresholdChoice, TrainConfig,
+                                      FeatureDtype, FeaturesConfig, PriorConfig, ThresholdChoice,
+                                      TrainConfig,
                                       Variant)
 from pipeline.config.loader import load_config, member_configs, parse_override
 from pipeline.config.predict import (PREDICT_DEVICE, CropMode, FacesMode, OutputFormat,
@@ -19,7 +20,7 @@ from pipeline.errors import ConfigError
 __all__ = [
     "Backbone", "ConfigError", "ConsistencyForm", "CropMode", "DaskConfig", "DatasetConfig",
     "DetectorKind", "Device", "EvalConfig", "FaceRule", "FacesConfig", "FacesMode",
-    "FeaturesConfig", "FoldScheme", "LATENT_DIMS", "Layout", "OnBadInput", "OutputFormat",
+    "FeatureDtype", "FeaturesConfig", "FoldScheme", "LATENT_DIMS", "Layout", "OnBadInput", "OutputFormat",
     "PREDICT_DEVICE", "PredictConfig", "PriorConfig", "RunConfig", "Runtime", "Strict",
     "TemporalMode", "TemporalRule", "ThresholdChoice", "TilePyramid", "TrainConfig", "Variant",
     "load_config", "member_configs",

@@ -24,13 +24,20 @@ class Device(str, Enum):
     MPS = "mps"  # Apple silicon
 
 
+class FeatureDtype(str, Enum):
+    """How feature values are stored (docs/features.md "uint8")."""
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+    UINT8 = "uint8"  # per frame, per channel scale and offset (pipeline.quantise)
+
+
 class FeaturesConfig(Strict):
     backbone: Backbone = Backbone.FAN2
     weights: Optional[Path] = None
     allow_download: bool = False  # use face-alignment's downloader (needs internet)
     allow_random_weights: bool = False  # tests and the demo only: loudly marked everywhere
     seed: int = 0
-    dtype: str = Field("float16", pattern="^(float16|float32)$")
+    dtype: FeatureDtype = FeatureDtype.FLOAT16
     batch_size: int = Field(8, ge=1)
     device: Device = Device.AUTO
     frames_per_shard: int = Field(32, ge=1)

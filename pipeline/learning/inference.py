@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.errors import NonFinite
 from pipeline.learning.batches import batch_buffer, gather_shifted, read_unique
 
 
@@ -36,6 +37,12 @@ def predict(model: nn.Module, store, rows: np.ndarray, triplets: np.ndarray | No
             stored, index = read_unique(store, samples[i:i + batch_size])  # (U, C, H, W) float16
             x = gather_shifted(stored, index, out=buf)  # (S, B, C, H, W) float32
             logits = model(x[1], x[0], x[2]) if temporal else model(x[0])
-            out.append(torch.sigmoid(logits).float().numpy())
+            probs = torch.sigmoid(logits).float().numpy()  # (B, n_AU)
+            if not np.isfinite(probs).all():  # NaN in, NaN out: never scored as a prediction
+                raise NonFinite(f"the head gave NaN probabilities for rows "
+                                    f"{rows[i:i + batch_size][~np.isfinite(probs).all(1)][:10].tolist()}"
+                                    "; its weights or features hold NaN/Inf (retrain it with "
+                                    "--force, or run `aunet features --verify`)")
+            out.append(probs)
     n_aus = model.classifier.fc2.out_features
     return np.concatenate(out) if out else np.zeros((0, n_aus), dtype=np.float32)

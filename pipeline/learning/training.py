@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from pipeline.learning.batches import (BackgroundLoader, batch_buffer, chunk_local_batches, epoch_samples,
                               gather_shifted, read_unique)
 from pipeline.config import TrainConfig
+from pipeline.errors import NonFinite
 from pipeline.learning.losses import consistency_loss, weighted_bce
 
 LOADER_DEPTH = 3  # batches read ahead by the background thread
@@ -60,7 +61,8 @@ def fit(model, store, frames: np.ndarray, y: np.ndarray, weights: torch.Tensor, 
         with BackgroundLoader(batches, load, LOADER_DEPTH) as loader:
             for stored, index, yb in loader:
                 x = gather_shifted(stored, index, t.feature_shift, shift_rng, buf)  # (S, B, C, H, W)
-                losses, n = _step(model, x, yb, weights, encoder, t, opt)
+                losses, n = _step(model, x, yb, weights, encoder, t, opt,
+                                  where=f"{desc}: epoch {epoch} step {n_steps + 1}")
                 for k, v in losses.items():
                     sums[k] += v
                 cons_rows += n
@@ -102,9 +104,9 @@ def _epoch_batches(shards: np.ndarray, t: TrainConfig, rng: np.random.Generator,
 
 
 def _step(model, x: torch.Tensor, yb: torch.Tensor, weights: torch.Tensor, encoder,
-          t: TrainConfig, opt) -> tuple[dict[str, float], int]:
+          t: TrainConfig, opt, where: str = "train") -> tuple[dict[str, float], int]:
     """One optimiser step on a batch x (S, B, C, H, W); its losses and the rows the
-    consistency term saw."""
+    consistency term saw. A NaN/Inf loss raises NonFinite before the step (`where` names it)."""
     logits = model(x[1], x[0], x[2]) if x.shape[0] == 3 else model(x[0])  # (B, L)
     cls = weighted_bce(logits, yb, weights)
     loss, cons, n = cls, 0.0, 0
@@ -112,6 +114,10 @@ def _step(model, x: torch.Tensor, yb: torch.Tensor, weights: torch.Tensor, encod
         c, n = consistency_loss(logits, yb, encoder, t.consistency)
         loss = cls + t.consistency_weight * c
         cons = float(c.detach())
+    if not torch.isfinite(loss):  # never step on (or record) a NaN/Inf loss
+        raise NonFinite(f"{where}: the training loss is {float(loss)}; nothing of this epoch is "
+                        "kept. Lower train.lr, or check the features with `aunet features "
+                        "--verify`")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -28,8 +28,8 @@ from typing import Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.config import (Backbone, CropMode, FacesConfig, FeaturesConfig, TemporalMode,
-                             Variant)
+from pipeline.config import (Backbone, CropMode, FacesConfig, FeatureDtype, FeaturesConfig,
+                             TemporalMode, Variant)
 from pipeline.errors import UserError
 from pipeline.faces.align import BOX_MARGIN, CROP_SIZE, EYE_DISTANCE
 from pipeline.hashing import file_sha256
@@ -85,6 +85,9 @@ class BundleSpec(Strict):
     head_sha256: str
     detector: DetectorSpec = DetectorSpec()
     random_weights: bool = False
+    # how the head's training features were stored: predict gives a uint8-trained head its live
+    # features quantised and dequantised the same way (pipeline.quantise.roundtrip)
+    feature_dtype: FeatureDtype = FeatureDtype.FLOAT16
     provenance: dict = Field(default_factory=dict)
     spec_digest: Optional[str] = None  # semantic_digest(self), set when the bundle is written
 
@@ -95,6 +98,8 @@ UNSIGNED = {"provenance", "spec_digest"}  # fields outside the digest: a note, a
 def semantic_digest(spec: BundleSpec) -> str:
     """SHA-256 of the fields that decide what the bundle computes (canonical JSON)."""
     fields = json.loads(spec.model_dump_json(exclude=UNSIGNED))
+    if fields.get("feature_dtype") == FeatureDtype.FLOAT16.value:  # the digest of bundles made
+        del fields["feature_dtype"]  # before the field existed stays theirs
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 

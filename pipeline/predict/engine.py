@@ -17,12 +17,13 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from pipeline.config import CropMode, Runtime, TemporalMode
+from pipeline.config import CropMode, FeatureDtype, Runtime, TemporalMode
 from pipeline.faces import landmarks
 from pipeline.faces.align import face_transform, reference_centre_transform
 from pipeline.predict import runtime as rt
 from pipeline.models.fan import N_LANDMARKS
 from pipeline.predict.bundle import BundleSpec, load_backbone_of, load_head_of
+from pipeline.quantise import roundtrip
 
 PIXEL_SCALE = 255.0
 PROBE_CROPS = 2  # crops the exports are checked on when they load
@@ -92,11 +93,16 @@ class Engine:
         """(features float16 on the CPU, heatmaps float32) of one batch of float crops."""
         if self.onnx_fan is not None:
             f, h = self.onnx_fan(xb.numpy())
-            return torch.from_numpy(f).to(torch.float16), h
+            return self._as_trained(torch.from_numpy(f)).to(torch.float16), h
         xb = xb.to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
             f, h = self.fan_outputs(xb)
-        return f.to("cpu", torch.float16), h.float().cpu().numpy()
+        return self._as_trained(f).to("cpu", torch.float16), h.float().cpu().numpy()
+
+    def _as_trained(self, f: torch.Tensor) -> torch.Tensor:
+        """Features as the head's training cache held them: a head trained on a uint8 cache
+        gets them quantised and dequantised the same way (pipeline.quantise.roundtrip)."""
+        return roundtrip(f) if self.spec.feature_dtype is FeatureDtype.UINT8 else f
 
     @torch.inference_mode()
     def features(self, crops: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
