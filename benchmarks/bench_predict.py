@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,36 +32,14 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.aus import AUSet
-from pipeline.config import FacesConfig, PredictConfig, TemporalMode, Variant
+from pipeline.config import TemporalMode, Variant
 from pipeline.predict.runtime import cores
 from pipeline.video import iter_video, video_fps, write_video
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-VIDEO = SHARED / "media" / "videos" / "single_face.mp4"
-BLAZE = SHARED / "weights" / "blazeface" / "blazeface.pth"
-
-
-def make_bundle(folder: Path, crop: int, variant: Variant) -> Path:
-    from stages.bundles import untrained
-
-    return untrained(folder, variant, AUSet.BP4D.columns, crop_size=crop,
-                     detector=FacesConfig(detector_weights=BLAZE))
-
-
-def predict_once(bundle: Path, video: Path, out: Path, temporal: str, **extra) -> dict:
-    from stages import predict
-
-    cfg = PredictConfig(inputs=(video,), model=bundle, out=out, temporal=TemporalMode(temporal),
-                        allow_random_weights=True, device="cpu", **extra)
-    s = predict.run(cfg, progress=False)
-    assert not s["failed"], s["failed"]
-    return s["results"][0]
-
+from benchmarks.predict_setup import BLAZE, VIDEO, make_bundle, predict_once
 
 def bare(bundle: Path, video: Path, temporal: str) -> dict:
     """The same parts with no pipeline around them, on the same frames."""
-    from pipeline.predict.bundle import detector_config, load_backbone_of, load_head_of, read_spec
+    from pipeline.predict.bundle import detector_config, read_spec
     from pipeline.faces.factory import make_detector
     from pipeline.predict.predictor import Engine
     from pipeline.faces.tracking import largest
@@ -115,7 +92,7 @@ def repeated(video: Path, times: int, out: Path) -> Path:
 def peak_rss_mb(bundle: Path, video: Path, out: Path, temporal: str) -> float:
     """Peak resident memory (MB) of a fresh process that predicts one video."""
     code = (f"import sys; sys.path[:0] = {sys.path!r}\n"
-            "from benchmarks.bench_predict import predict_once\nfrom pathlib import Path\n"
+            "from benchmarks.predict_setup import predict_once\nfrom pathlib import Path\n"
             f"predict_once(Path({str(bundle)!r}), Path({str(video)!r}), Path({str(out)!r}), {temporal!r})\n"
             "import resource, json; print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))")
     cp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

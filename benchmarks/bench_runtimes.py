@@ -9,7 +9,7 @@ from unittest import mock
 import numpy as np
 import pandas as pd
 
-from benchmarks.bench_predict import VIDEO, predict_once
+from benchmarks.predict_setup import VIDEO, predict_once
 from pipeline.predict.predictor import PREFETCH_CHUNKS
 
 NO_FACE = VIDEO.parent / "no_face.mp4"

@@ -2,8 +2,9 @@
 intervals and a permutation test between the groups of each attribute.
 
 The groups come from `dataset.subjects` (a CSV: a `subject` column and any other columns, each
-an attribute such as sex or age band) or, for BP4D subject names (F001, M012, ...) without one,
-the built-in attribute `sex` from the name's first letter. Only this dataset's own test frames
+an attribute such as sex or age band); without one, the demo dataset's own `subjects.csv` (written
+with its data: skin-tone halves), or for BP4D subject names (F001, M012, ...) the built-in
+attribute `sex` from the name's first letter. Only this dataset's own test frames
 are scored (the groups describe its subjects); every fold's test frames pooled.
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import EvalConfig, RunConfig
+from pipeline.config import EvalConfig, Layout, RunConfig
+from pipeline.datasets.demo import SUBJECTS_FILE
 from pipeline.errors import InputError
 from pipeline.evaluation.groups import MIN_GROUP_SUBJECTS, bootstrap_group, permutation_test
 from pipeline.evaluation.metrics import AVG
@@ -30,6 +32,8 @@ TOO_SMALL, TESTED, UNTESTED = "too_small", "tested", "alone"  # `status` of a gr
 def subject_table(cfg: RunConfig, subjects: list[str]) -> tuple[pd.DataFrame, str]:
     """(subject -> attribute columns, where they came from); empty when there are none."""
     path = cfg.dataset.subjects
+    if path is None and cfg.dataset.layout is Layout.DEMO:  # written with the data, from its settings
+        path = cfg.dataset.root / SUBJECTS_FILE
     if path is not None:
         try:
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
