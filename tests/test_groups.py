@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import EvalConfig
+from pipeline.config import EvalConfig, Layout
 from pipeline.evaluation.groups import bootstrap_group, permutation_test, pooled_f1
 from stages.groups import BUILT_IN, group_rows, subject_table
 
@@ -58,7 +58,7 @@ def _pred(subjects: list[str], frames: int = 4) -> pd.DataFrame:
 
 def test_bp4d_prefix_groups_and_a_too_small_group(tmp_path):
     subjects = ["F001", "F002", "F003", "M001", "M002"]
-    cfg = type("C", (), {"dataset": type("D", (), {"subjects": None})()})()
+    cfg = type("C", (), {"dataset": type("D", (), {"subjects": None, "layout": Layout.BP4D})()})()
     table, source = subject_table(cfg, subjects)
     assert source == BUILT_IN and table.sex.tolist() == ["F", "F", "F", "M", "M"]
     rows = group_rows(_pred(subjects), "bp4d", ["AU01"], table, source, EvalConfig(bootstrap=50, permutations=50))
@@ -76,3 +76,11 @@ def test_bp4d_prefix_groups_and_a_too_small_group(tmp_path):
     avg = rows[rows.au == "Avg"].set_index("group")
     assert (avg.status == "tested").all() and avg.p_perm.between(0, 1).all()
     assert avg.spread.iloc[0] == pytest.approx(abs(avg.f1["young"] - avg.f1["old"]))
+
+
+def test_the_demo_reads_its_own_subjects_file_without_a_setting(tmp_path):
+    (tmp_path / "subjects.csv").write_text("subject,skin_tone\nS01,darker\nS02,lighter\n")
+    cfg = type("C", (), {"dataset": type("D", (), {"subjects": None, "layout": Layout.DEMO,
+                                                   "root": tmp_path})()})()
+    table, source = subject_table(cfg, ["S01", "S02"])
+    assert source == "subjects.csv" and table.skin_tone.to_dict() == {"S01": "darker", "S02": "lighter"}
