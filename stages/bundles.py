@@ -293,9 +293,11 @@ def predict_demo_video(cfg: RunConfig, catalog: Catalog, detector: FacesConfig |
     subject = active.groupby(table.subject).sum().idxmax()  # the most expressive: a lively video
     video = write_video(cfg.dataset.root / "manifest.csv", subject,
                         cfg.dataset.root / "videos" / f"{subject}.mp4")
+    # force: the folder is the demo's own, in its store; after a retrain (new code or settings)
+    # its bundle is of another head, which the demo replaces as it retrained it
     bundle = export(cfg, catalog, variant, 1,
                     catalog.root / "bundles" / DEMO_BUNDLE.format(variant=variant.value),
-                    detector=detector)
+                    detector=detector, force=True)
     out = catalog.root / "predictions"
     summary = predict.run(PredictConfig(inputs=(video,), model=bundle, out=out,
                                         allow_random_weights=cfg.features.allow_random_weights),
