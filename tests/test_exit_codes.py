@@ -152,3 +152,11 @@ def test_help_and_config_errors_import_no_heavy_library(bad_config, argv):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
                          env={**__import__("os").environ, "PYTHONPATH": str(root)}, timeout=120)
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-500:]
+
+
+def test_a_stage_on_an_object_store_is_refused_in_one_line(capsys, tmp_path):
+    """Only the report tables, `aunet query` and checkpoints run on s3:// so far (issue 21)."""
+    config = _mini(tmp_path, store="s3://bucket/prefix")
+    assert main(["manifest", "--config", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not run on an object store yet" in err, err
