@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from pathlib import Path
+
+
+def number(x, fmt: str) -> str:
+    """A table cell: `x` formatted, "-" for a missing value (None, NaN)."""
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

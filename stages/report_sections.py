@@ -7,6 +7,7 @@ import math
 import pandas as pd
 
 from stages import report_trust
+from stages.report_render import number as _num
 from store.provenance import RANDOM_WEIGHTS_BANNER
 
 VARIANT_NAMES = {"au_fan": "AU-FAN", "au_vae": "AU-VAE", "au_tdn": "AU-TDN", "aunet": "AUNet",
@@ -23,8 +24,6 @@ def _name(v: str) -> str:
     return VARIANT_NAMES.get(v, v)
 
 
-def _num(x, fmt: str) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
 

@@ -10,6 +10,8 @@ import math
 
 import pandas as pd
 
+from stages.report_render import number as _num
+
 CALIBRATION_NOTE = (
     "ECE: expected calibration error over 10 equal-width probability bins, the frame-weighted "
     "mean gap between a bin's mean probability and its fraction of frames labelled present (0 is "
@@ -27,11 +29,20 @@ def _variants(values) -> list[str]:
 
 
 def _pct(x) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+    return _num(None if x is None else 100 * x, ".1f")
 
 
-def _num(x, fmt: str) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+def _per_au(m: pd.DataFrame, variants: list[str], cells, width: int) -> list[list[str]]:
+    """One row per AU (in the table's order): the AU, then `cells(row)` of each variant's row,
+    or `width` dashes where that variant has none."""
+    rows = []
+    for au in dict.fromkeys(m.au):
+        row = [au]
+        for v in variants:
+            r = m[(m.au == au) & (m.variant == v)]
+            row += cells(r.iloc[0]) if len(r) else ["-"] * width
+        rows.append(row)
+    return rows
 
 
 def calibration_table(calib: pd.DataFrame, name) -> tuple[list[str], list[list[str]]]:
@@ -39,15 +50,8 @@ def calibration_table(calib: pd.DataFrame, name) -> tuple[list[str], list[list[s
     m = calib[calib.fold == "pooled"]
     variants = _variants(m.variant)
     header = ["AU"] + [f"{name(v)} {k}" for v in variants for k in ("ECE", "Brier")]
-    rows = []
-    for au in dict.fromkeys(m.au):
-        cells = [au]
-        for v in variants:
-            r = m[(m.au == au) & (m.variant == v)]
-            cells += ([_num(float(r.ece.iloc[0]), ".3f"), _num(float(r.brier.iloc[0]), ".3f")]
-                      if len(r) else ["-", "-"])
-        rows.append(cells)
-    return header, rows
+    return header, _per_au(m, variants, lambda r: [_num(float(r.ece), ".3f"),
+                                                   _num(float(r.brier), ".3f")], 2)
 
 
 def calibration_sections(t: dict[str, pd.DataFrame], name) -> list[tuple[str, object]]:
@@ -68,15 +72,9 @@ def threshold_table(thr: pd.DataFrame, name) -> tuple[list[str], list[list[str]]
     fixed = float(m.fixed_threshold.iloc[0])
     header = ["AU"] + [f"{name(v)} {k}" for v in variants
                        for k in ("threshold", f"F1 at {fixed:g}", "F1 at threshold")]
-    rows = []
-    for au in dict.fromkeys(m.au):
-        cells = [au]
-        for v in variants:
-            r = m[(m.au == au) & (m.variant == v)]
-            cells += ([_num(float(r.threshold.iloc[0]), ".2f"), _pct(float(r.f1_fixed.iloc[0])),
-                       _pct(float(r.f1_chosen.iloc[0]))] if len(r) else ["-"] * 3)
-        rows.append(cells)
-    return header, rows
+    return header, _per_au(m, variants, lambda r: [_num(float(r.threshold), ".2f"),
+                                                   _pct(float(r.f1_fixed)),
+                                                   _pct(float(r.f1_chosen))], 3)
 
 
 def threshold_sections(t: dict[str, pd.DataFrame], name) -> list[tuple[str, object]]:
