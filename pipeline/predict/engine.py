@@ -3,7 +3,8 @@
 `Engine(folder, spec, ..., runtime, exports)` loads the bundle's networks in torch; with the
 onnx runtime it also gets each network's ONNX export from `exports(name, identity, write)` (the
 store's cache, store/onnx_cache.py: exported once per bundle files' hashes and library versions),
-runs both on probe crops and refuses the export when they disagree (pipeline/predict/runtime.py).
+runs both on probe crops and refuses the export when they disagree (pipeline/predict/runtime.py),
+then drops the torch networks (`fan`, `fan_outputs` and `head` are None on the onnx runtime).
 On CUDA the torch FAN runs under fp16 autocast. `features(crops)` gives the head's input features
 (float16, kept small for the temporal buffers) and each crop's 68 landmarks in crop pixels,
 decoded from the FAN's own heatmaps (pipeline/faces/landmarks.py).
@@ -52,6 +53,7 @@ class Engine:
             if exports is None:
                 raise ValueError("the onnx runtime needs an export cache (store.onnx_cache)")
             self._load_onnx(folder, exports)
+            self.fan = self.fan_outputs = self.head = None  # checked: torch's copies are not run
 
     def transform(self, box: np.ndarray, kp: np.ndarray) -> np.ndarray:
         c = self.spec.crop

@@ -5,7 +5,7 @@ where it imports and the device is the CPU). `FanOutputs` is the FAN with its la
 as a second output (what is exported, and what the torch path runs). `OnnxNet` is one ONNX
 Runtime session set for this kind of machine: one intra-op thread pool of as many threads as
 the cores this process may use, shared by all sessions, graph optimisation level ALL,
-sequential execution. `export(module, inputs, path)` writes
+sequential execution, no memory arena (memory is returned after each run). `export(module, inputs, path)` writes
 an ONNX file (dynamic batch axis; the caller picks the path and writes it atomically: the cache
 is the store's, store/onnx_cache.py). `check(reference, got, what)` refuses an export whose
 outputs differ from torch's by more than `CHECK_TOLERANCE` of the outputs' scale.
@@ -122,6 +122,11 @@ class OnnxNet:
         else:
             opts.intra_op_num_threads = threads or cores()
             opts.inter_op_num_threads = 1
+        # No CPU memory arena: an arena per session keeps that session's largest plan for the
+        # process's life, in power-of-two steps, so the FAN's and the head's peaks add up (peak
+        # memory 3370 MB against 1938 MB for torch, measured; docs/predict.md). Without it each
+        # run's plan (mem pattern, kept) is allocated and freed as the run goes.
+        opts.enable_cpu_mem_arena = False
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
