@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -97,13 +97,16 @@ def video_fps(path: str | Path) -> float:
         cap.release()
 
 
-def iter_video(path: str | Path, wanted: set[int] | None = None,
+def iter_video(path: str | Path, wanted: set[int] | Callable[[int], bool] | None = None,
                info: dict | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Stream (0-based index, RGB frame) pairs; only `wanted` indices are converted and yielded.
+    """Stream (0-based index, RGB frame) pairs; only `wanted` indices are decoded into images and
+    yielded: a set (the stream stops after its largest) or a predicate on the index (the stream
+    runs to the end). The others are only grabbed (demuxed and decoded into the decoder's
+    buffer, never retrieved, converted to RGB or copied out).
 
     info: filled with {"decoded": frames the decoder delivered} as the stream goes (when it
     ends early, the video holds exactly that many decodable frames), and {"times": {index:
-    seconds}}: each yielded frame's presentation time from the container (a variable-frame-rate
+    seconds}}: each frame's presentation time from the container (grabbed ones too) (a variable-frame-rate
     video's frames are not index / fps apart).
     """
     path = Path(path)
@@ -121,16 +124,18 @@ def iter_video(path: str | Path, wanted: set[int] | None = None,
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise MediaError(f"{path}: not a decodable video")
-    last = max(wanted) if wanted else None
+    keep = wanted.__contains__ if isinstance(wanted, (set, frozenset)) else wanted
+    last = max(wanted) if isinstance(wanted, (set, frozenset)) and wanted else None
     try:
         i = 0
         while True:
             if last is not None and i > last:
                 break
-            if wanted is not None and i not in wanted:
+            if keep is not None and not keep(i):
                 if not cap.grab():
                     break
                 info["decoded"] = i + 1
+                times[i] = cap.get(cv2.CAP_PROP_POS_MSEC) / MS_PER_S  # the timeline stays whole
             else:
                 ok, frame = cap.read()
                 if not ok:

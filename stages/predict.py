@@ -23,7 +23,7 @@ from pipeline.config import FacesMode, PredictConfig, Runtime, TemporalMode
 from pipeline.faces.gate import FineGate
 from pipeline.faces.factory import make_detector
 from pipeline.errors import ConfigError, InputError, MissingInput, UserError
-from pipeline.predict.predictor import NO_FACE, Engine, Unreadable, predict_stream
+from pipeline.predict.predictor import NO_FACE, Engine, Unreadable, needed, predict_stream
 from pipeline.video import MediaError, frame_count, iter_video, read_image, video_fps
 from stages import predict_outputs as outputs
 from stages import predict_record as record
@@ -127,13 +127,17 @@ def _read(path: str) -> object:
         return Unreadable(str(e))
 
 
-def _frames(unit: PredictUnit, info: dict) -> Iterator[tuple[int, object]]:
+def _frames(unit: PredictUnit, info: dict, keep: Callable[[int], bool] | None = None
+            ) -> Iterator[tuple[int, object]]:
+    """(index, image) of the unit's frames for which keep(index) holds (all where None): the
+    others are grabbed, not retrieved (videos), or not read (sequences)."""
     if unit.kind is UnitKind.VIDEO:
-        yield from iter_video(unit.source, None, info)
+        yield from iter_video(unit.source, keep, info)
     else:
         for i, f in enumerate(unit.files):
             info["decoded"] = i + 1
-            yield i, _read(f)
+            if keep is None or keep(i):
+                yield i, _read(f)
 
 
 def _rows(cfg: PredictConfig, unit: PredictUnit, eng, detector, info: dict, timing: dict,
@@ -151,7 +155,9 @@ def _rows(cfg: PredictConfig, unit: PredictUnit, eng, detector, info: dict, timi
                leave=False)
     rows = []
     gate = FineGate()
-    for r in predict_stream(_frames(unit, info), eng, detector, **opts, every=cfg.every, gate=gate):
+    T = eng.T if eng.is_temporal else 0
+    keep = None if cfg.every == 1 else (lambda i: needed(i, cfg.every, T)[1])
+    for r in predict_stream(_frames(unit, info, keep), eng, detector, **opts, every=cfg.every, gate=gate):
         if cfg.save_aligned and r.crop is not None:
             outputs.save_aligned(Path(cfg.out) / f"{unit.name}_aligned", r)
             r.crop = None  # written: memory stays flat

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,6 +18,7 @@ from flows.cli import main
 from pipeline.faces.align import face_transform, warp
 from pipeline.predict.bundle import BundleError, detector_config, load_backbone_of, load_head_of, read_spec
 from pipeline.config import FacesConfig, load_config
+from pipeline.predict.predictor import needed
 from pipeline.faces.factory import make_detector
 from pipeline.video import frame_count, iter_video, read_image, video_fps
 from stages.bundles import export
@@ -235,13 +237,40 @@ def test_import_reference_then_predict_matches_the_independent_forward(reference
     assert code == 2 and "not a released AUNet head" in capsys.readouterr().err
 
 
-def test_every_n_keeps_true_neighbours_and_the_openface_columns(bundles, capsys, tmp_path):
+class _CountingCapture:
+    """cv2.VideoCapture that counts the frames retrieved (read or retrieve: decoded into an image)."""
+    retrieved = 0
+
+    def __init__(self, *args):
+        self.cap = _REAL_CAPTURE(*args)
+
+    def read(self, *args):
+        _CountingCapture.retrieved += 1
+        return self.cap.read(*args)
+
+    def retrieve(self, *args):
+        _CountingCapture.retrieved += 1
+        return self.cap.retrieve(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.cap, name)
+
+
+_REAL_CAPTURE = cv2.VideoCapture
+
+
+def test_every_n_keeps_true_neighbours_and_the_openface_columns(bundles, capsys, tmp_path, monkeypatch):
     video = MEDIA / "videos" / "face_noface.mov"
     code, _, err = _predict(capsys, bundles["aunet"], tmp_path / "all", video)
     assert code == 0, err
     full = _read(tmp_path / "all" / "face_noface.csv")  # read as OpenFace users' scripts do
+    monkeypatch.setattr(cv2, "VideoCapture", _CountingCapture)
+    monkeypatch.setattr(_CountingCapture, "retrieved", 0)
     code, _, err = _predict(capsys, bundles["aunet"], tmp_path / "n", video, extra=["--every", "4"])
     assert code == 0, err
+    # only the sampled frames and their t -+ T neighbours are retrieved: the even ones (T = 2);
+    # the others are only grabbed (face_noface.mov: 169 frames, 85 of them even)
+    assert _CountingCapture.retrieved == sum(needed(i, 4, T)[1] for i in range(169)) == 85
     sub = _read(tmp_path / "n" / "face_noface.csv")
     assert list(sub.frame) == list(range(1, 170, 4))  # rows only for the sampled frames
     want = full.set_index("frame").loc[sub.frame].reset_index()

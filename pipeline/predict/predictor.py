@@ -17,7 +17,8 @@ the reason; its neighbours treat it as a frame without a face. Face rows carry t
   t + T are warped onto frame t's crop with the 5-point similarity the reference uses; three
   FAN passes per frame;
 - `every` N: rows only for frames 0, N, 2N, ...; their neighbours t -+ T are still detected and
-  (cached) passed through the FAN, the other frames are dropped after decoding;
+  (cached) passed through the FAN, the other frames are dropped (`needed(index, every, T)` says
+  which: the caller need not decode the others, stages/predict.py does not);
 - `gate` (videos): BlazeFace's finer tiles on face-free frames only as pipeline/faces/gate.py
   allows.
 """
@@ -110,7 +111,7 @@ def _pair(feats: torch.Tensor, n: int, i: int) -> torch.Tensor:
     return feats[[i, i + n]] if len(feats) == 2 * n else feats[i:i + 1]
 
 
-def _needed(index: int, every: int, T: int) -> tuple[bool, bool]:
+def needed(index: int, every: int, T: int) -> tuple[bool, bool]:
     """(sampled, needed) of a frame under `every`: needed = sampled, or the t -+ T neighbour of
     a sampled frame t (temporal heads read true neighbours of the source video)."""
     sampled = index % every == 0
@@ -128,8 +129,8 @@ def _chunks(frames, detector: Detector, gate: Optional[FineGate], every: int, T:
         t0 = time.perf_counter()
         chunk = []
         for index, image in source:
-            sampled, needed = _needed(index, every, T)
-            if needed:
+            sampled, want = needed(index, every, T)
+            if want:
                 chunk.append((index, image, sampled))
                 if len(chunk) == DETECT_BATCH:
                     break
