@@ -12,10 +12,11 @@ video, frames/s of each, their ratio (target >= 1.4) and the largest probability
 (target <= 1e-4, from Parquet tables: exact values); then a face-free video (no_face.mp4) with
 the finer tiles on every face-free frame (before the gate, pipeline/faces/gate.py) and gated
 (target >= 3x). `--modes`: frames/s of each temporal mode x flip and how often their AU
-decisions differ from cached without flip, on the shared videos.
+decisions differ from cached without flip, on the shared videos. `--every N`: `--every N` with
+every frame retrieved (as before the sampled decode) against the dropped frames only grabbed.
 
     .venv/bin/python benchmarks/bench_predict.py [--temporal cached|exact] [--crop 256]
-        [--memory | --memory-only] [--agreement] [--runtimes] [--modes] [--bundle DIR]
+        [--memory | --memory-only] [--agreement] [--runtimes] [--modes] [--every N] [--bundle DIR]
         (--bundle: a trained bundle instead of an untrained one)
 """
 from __future__ import annotations
@@ -150,6 +151,7 @@ def main() -> int:
     ap.add_argument("--memory-only", action="store_true", help="only peak memory (no speed runs)")
     ap.add_argument("--runtimes", action="store_true", help="torch against onnx (and face-free video)")
     ap.add_argument("--modes", action="store_true", help="temporal mode x flip: speed, decisions")
+    ap.add_argument("--every", type=int, help="--every N: dropped frames retrieved against grabbed")
     ap.add_argument("--agreement", action="store_true",
                     help="also compare the cached and exact temporal modes on the shared videos")
     args = ap.parse_args()
@@ -161,12 +163,13 @@ def main() -> int:
         tmp = Path(tmp)
         bundle = Path(args.bundle) if args.bundle else make_bundle(tmp / "bundle", args.crop,
                                                                    Variant(args.variant))
-        if args.runtimes or args.modes:
-            from benchmarks.bench_runtimes import modes, runtimes
+        if args.runtimes or args.modes or args.every:
+            from benchmarks.bench_runtimes import modes, runtimes, sampling
 
             print(f"== {torch.get_num_threads()} torch threads, {cores()} cores")
             runtimes(bundle, tmp, args.temporal) if args.runtimes else None
             modes(bundle, tmp) if args.modes else None
+            sampling(bundle, tmp, args.temporal, args.every) if args.every else None
             return 0
         predict_once(bundle, VIDEO, tmp / "warm", args.temporal)  # warm-up: imports, weights
         if args.memory_only:

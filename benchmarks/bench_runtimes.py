@@ -2,6 +2,7 @@
 --modes): frames/s, ratios, probability differences, how often AU decisions differ."""
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from unittest import mock
@@ -9,8 +10,9 @@ from unittest import mock
 import numpy as np
 import pandas as pd
 
-from benchmarks.predict_setup import VIDEO, predict_once
+from benchmarks.predict_setup import VIDEO, config, predict_once
 from pipeline.predict.predictor import PREFETCH_CHUNKS
+from stages import predict
 
 NO_FACE = VIDEO.parent / "no_face.mp4"
 FACE_NOFACE = VIDEO.parent / "face_noface.mov"
@@ -44,22 +46,32 @@ REPS = 2  # timed runs of each runtime, alternating (the best is kept: a shared 
 
 
 def runtimes(bundle: Path, tmp: Path, temporal: str) -> None:
-    fps, tables, parts = {}, {}, {}
-    kinds = {"torch": {"runtime": "torch"}, "onnx": {"runtime": "onnx"}, "onnx-serial": {"runtime": "onnx"}}
+    """torch, onnx, and onnx without the decode/detect thread or without ONNX Runtime's memory
+    arena, alternating; best of REPS each."""
+    fps, tables, parts, engines = {}, {}, {}, {}
+    kinds = {"torch": {"runtime": "torch"}, "onnx": {"runtime": "onnx"},
+             "onnx-serial": {"runtime": "onnx"}, "onnx-no-arena": {"runtime": "onnx"}}
     for rep in range(REPS):
         for name, extra in kinds.items():
             depth = 0 if name.endswith("serial") else PREFETCH_CHUNKS
-            with mock.patch("pipeline.predict.predictor.PREFETCH_CHUNKS", depth):
-                _, df, r = timed(bundle, VIDEO, tmp / f"rt-{name}-{rep}", temporal, warm=rep == 0, **extra)
-            f = r["frames_per_s"]  # the unit's own seconds: loading the engine is not in them
+            with mock.patch("pipeline.predict.predictor.PREFETCH_CHUNKS", depth), \
+                    mock.patch("pipeline.predict.runtime.MEMORY_ARENA", not name.endswith("no-arena")):
+                if name not in engines:  # each kind's own engine, loaded outside the timed runs
+                    predict._engine.cache_clear()
+                    engines[name] = predict.engine(config(bundle, VIDEO, tmp, temporal, **extra))
+                with mock.patch.object(predict, "engine", lambda cfg, e=engines[name]: e):
+                    _, df, r = timed(bundle, VIDEO, tmp / f"rt-{name}-{rep}", temporal,
+                                     warm=rep == 0, **extra)
+            f = r["frames_per_s"]  # the unit's own seconds, the engine loaded before them
             if f > fps.get(name, 0):
                 fps[name], tables[name], parts[name] = f, df, r
     for name, r in parts.items():
-        print(f"{VIDEO.name} {name:>11}: {fps[name]:6.2f} frames/s (best of {REPS}; {r['frames']} "
+        print(f"{VIDEO.name} {name:>13}: {fps[name]:6.2f} frames/s (best of {REPS}; {r['frames']} "
               "frames; " + ", ".join(f"{k} {v:.2f} s" for k, v in r["timing"].items()) + ")")
     d = prob_diff(tables["torch"], tables["onnx"])
     print(f"RATIO onnx / torch = {fps['onnx'] / fps['torch']:.3f} (target >= {RATIO_TARGET}); "
           f"onnx-serial / torch = {fps['onnx-serial'] / fps['torch']:.3f}; "
+          f"onnx-no-arena / torch = {fps['onnx-no-arena'] / fps['torch']:.3f}; "
           f"max |p_onnx - p_torch| = {d:.2e} (target <= {DIFF_TARGET:g})")
     if not NO_FACE.exists():
         print(f"skipped face-free: {NO_FACE} not found")
@@ -92,3 +104,28 @@ def modes(bundle: Path, tmp: Path) -> None:
                 print(f"{video.name}: {temporal:>6} flip {'on ' if flip else 'off'}: {fps:6.2f} "
                       f"frames/s; AU decisions differing from cached/no flip: "
                       f"{100 * (dec != base).mean():.2f}% of {dec.size}")
+
+
+def sampling(bundle: Path, tmp: Path, temporal: str, every: int) -> None:
+    """`--every N` on the video, alternating: every frame retrieved and converted to RGB (as
+    before the sampled decode) against the dropped frames only grabbed; best of REPS each."""
+    from pipeline.video import iter_video
+
+    def retrieve_all(path, keep, info):
+        return iter_video(path, None, info)
+
+    best: dict[str, dict] = {}
+    for rep in range(REPS):
+        for name in ("retrieve all", "grab dropped"):
+            patch = mock.patch("stages.predict.iter_video", retrieve_all) if name == "retrieve all" \
+                else contextlib.nullcontext()
+            with patch:
+                fps, _, r = timed(bundle, VIDEO, tmp / f"ev-{rep}-{name[:4]}", temporal,
+                                  warm=rep == 0, every=every)
+            if fps > best.get(name, {}).get("fps", 0):
+                best[name] = {"fps": fps, **r}
+    for name, r in best.items():
+        print(f"{VIDEO.name} --every {every} {name:>12}: {r['fps']:6.2f} rows/s ({r['frames']} rows "
+              f"of {r['decoded']} frames; decode {r['timing']['decode']:.2f} s, detect "
+              f"{r['timing']['detect']:.2f} s, fan {r['timing']['fan']:.2f} s; best of {REPS})")
+    print(f"RATIO grab / retrieve = {best['grab dropped']['fps'] / best['retrieve all']['fps']:.3f}")

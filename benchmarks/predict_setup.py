@@ -18,11 +18,14 @@ def make_bundle(folder: Path, crop: int, variant: Variant) -> Path:
                      detector=FacesConfig(detector_weights=BLAZE))
 
 
+def config(bundle: Path, video: Path, out: Path, temporal: str, **extra) -> PredictConfig:
+    return PredictConfig(inputs=(video,), model=bundle, out=out, temporal=TemporalMode(temporal),
+                         allow_random_weights=True, device="cpu", **extra)
+
+
 def predict_once(bundle: Path, video: Path, out: Path, temporal: str, **extra) -> dict:
     from stages import predict
 
-    cfg = PredictConfig(inputs=(video,), model=bundle, out=out, temporal=TemporalMode(temporal),
-                        allow_random_weights=True, device="cpu", **extra)
-    s = predict.run(cfg, progress=False)
+    s = predict.run(config(bundle, video, out, temporal, **extra), progress=False)
     assert not s["failed"], s["failed"]
     return s["results"][0]

@@ -53,6 +53,12 @@ def test_check_refuses_outputs_past_tolerance():
         rt.check([ref], [ref + 0.1], "x")
     with pytest.raises(rt.RuntimeUnavailable):
         rt.check([ref], [np.full_like(ref, np.nan)], "x")
+    # a float16 output (the FAN's features) is checked beyond its own rounding: up to 50 * 2**-11
+    # = 0.024 here, 4.9e-4 of the scale; a wrong one still fails
+    assert np.abs(ref.astype(np.float16) - ref).max() / 50 > rt.CHECK_TOLERANCE
+    assert rt.check([ref], [ref.astype(np.float16)], "x") <= rt.CHECK_TOLERANCE
+    with pytest.raises(rt.RuntimeUnavailable):
+        rt.check([ref], [(ref + 0.1).astype(np.float16)], "x")
 
 
 def test_onnx_engine_matches_torch_and_exports_once_per_key(bundle, monkeypatch, tmp_path):

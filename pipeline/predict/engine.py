@@ -61,33 +61,38 @@ class Engine:
             return reference_centre_transform(box, c.size)
         return face_transform(kp, box, size=c.size, eye_distance=c.eye_distance, margin=c.box_margin)
 
-    def _identity(self, name: str) -> dict:
+    def _identity(self, name: str, half: bool) -> dict:
         import onnx  # noqa: F401  (the exporter needs it: fail here, by name, if absent)
 
         s = self.spec
         return {"network": name, "fan": s.backbone.sha256 or self.weights_id,
                 "backbone": s.backbone.variant.value, "head": s.head_sha256,
                 "head_layout": s.head_layout.value, "variant": s.variant.value, "aus": s.aus,
-                "crop": s.crop.size, "torch": torch.__version__,
+                "crop": s.crop.size, "features": "float16" if half else "float32",
+                "torch": torch.__version__,
                 "onnxruntime": rt.onnxruntime_version(), "opset": rt.OPSET,
                 "export": rt.EXPORT_VERSION}
 
     @torch.inference_mode()
     def _load_onnx(self, folder, exports: Exports) -> None:
-        size = self.spec.crop.size
+        """The FAN's export gives float16 features (what the head gets; a head trained on a
+        uint8 cache: float32, quantised outside) and the head's takes them as they come."""
+        size, half = self.spec.crop.size, self.spec.feature_dtype is not FeatureDtype.UINT8
         x = torch.from_numpy(rt.probe_crops(PROBE_CROPS, size)).permute(0, 3, 1, 2).float() / PIXEL_SCALE
-        feats, heat = self.fan_outputs(x)
-        fan_path = exports("fan", self._identity("fan"), lambda p: rt.export(
-            self.fan_outputs, [x], ["crops"], ["features", "heatmaps"], p))
+        feats, heat = self.fan_outputs(x)  # float32: the export's float16 is checked against it
+        fan = rt.FanOutputs(self.fan, half=half).eval()
+        fan_path = exports("fan", self._identity("fan", half), lambda p: rt.export(
+            fan, [x], ["crops"], ["features", "heatmaps"], p))
         self.onnx_fan = rt.OnnxNet(fan_path)
         self.check_error["fan"] = rt.check([feats.numpy(), heat.numpy()],
                                            self.onnx_fan(x.numpy()), f"{folder}: the FAN")
-        args = [feats] * (3 if self.is_temporal else 1)
+        args = [feats.half() if half else feats] * (3 if self.is_temporal else 1)
         names = ["f_t", "f_prev", "f_next"][:len(args)]
-        head_path = exports("head", self._identity("head"), lambda p: rt.export(
-            self.head, args, names, ["logits"], p))
+        head = rt.FloatInputs(self.head).eval()
+        head_path = exports("head", self._identity("head", half), lambda p: rt.export(
+            head, args, names, ["logits"], p))
         self.onnx_head = rt.OnnxNet(head_path)
-        self.check_error["head"] = rt.check([self.head(*args).numpy()],
+        self.check_error["head"] = rt.check([head(*args).numpy()],
                                             self.onnx_head(*[a.numpy() for a in args]),
                                             f"{folder}: the head")
 
@@ -95,7 +100,8 @@ class Engine:
         """(features float16 on the CPU, heatmaps float32) of one batch of float crops."""
         if self.onnx_fan is not None:
             f, h = self.onnx_fan(xb.numpy())
-            return self._as_trained(torch.from_numpy(f)).to(torch.float16), h
+            f = torch.from_numpy(f)  # float16 from the graph, or float32 for a uint8 head
+            return (f if f.dtype == torch.float16 else self._as_trained(f).to(torch.float16)), h
         xb = xb.to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
             f, h = self.fan_outputs(xb)
@@ -135,7 +141,7 @@ class Engine:
         t0 = time.perf_counter()
         args = [f_t] if not self.is_temporal else [f_t, f_prev, f_next]
         if self.onnx_head is not None:
-            logits = torch.from_numpy(self.onnx_head(*[a.float().numpy() for a in args])[0])
+            logits = torch.from_numpy(self.onnx_head(*[a.numpy() for a in args])[0])
         else:
             logits = self.head(*[a.to(self.device).float() for a in args]).float().cpu()
         if self.tta:

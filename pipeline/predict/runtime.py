@@ -2,13 +2,15 @@
 
 `resolve(asked, device)` turns `--runtime auto|torch|onnx` into torch or onnx (auto: ONNX Runtime
 where it imports and the device is the CPU). `FanOutputs` is the FAN with its landmark heatmaps
-as a second output (what is exported, and what the torch path runs). `OnnxNet` is one ONNX
-Runtime session set for this kind of machine: one intra-op thread pool of as many threads as
-the cores this process may use, shared by all sessions, graph optimisation level ALL,
-sequential execution, no memory arena (memory is returned after each run). `export(module, inputs, path)` writes
-an ONNX file (dynamic batch axis; the caller picks the path and writes it atomically: the cache
-is the store's, store/onnx_cache.py). `check(reference, got, what)` refuses an export whose
-outputs differ from torch's by more than `CHECK_TOLERANCE` of the outputs' scale.
+as a second output (what is exported, with float16 features, and what the torch path runs);
+`FloatInputs` a head taking float16 features (its export). `OnnxNet` is one ONNX Runtime session
+set for this kind of machine: one intra-op thread pool of as many threads as the cores this
+process may use, shared by all sessions, graph optimisation level ALL, sequential execution,
+ONNX Runtime's CPU memory arena on (`MEMORY_ARENA`: faster, more memory). `export(module,
+inputs, path)` writes an ONNX file (dynamic batch axis; the caller picks the path and writes it
+atomically: the cache is the store's, store/onnx_cache.py). `check(reference, got, what)`
+refuses an export whose outputs differ from torch's by more than `CHECK_TOLERANCE` of the
+outputs' scale.
 """
 from __future__ import annotations
 
@@ -23,11 +25,12 @@ from pipeline.config import Runtime
 from pipeline.errors import UserError
 
 OPSET = 17  # ONNX opset of the exports (TorchScript-based exporter)
-EXPORT_VERSION = 1  # bump when what is exported changes (outputs, names, axes)
+EXPORT_VERSION = 2  # bump when what is exported changes (outputs, names, axes)
 # An export is refused when max |onnx - torch| > CHECK_TOLERANCE * max(1, max |torch|): float32
 # reorderings of a 27.8 GFLOP network differ by ~1e-6 relative; a wrong graph by far more.
 CHECK_TOLERANCE = 1e-4
 PROBE_SEED = 20  # the probe crops the exports are checked on
+F16_ROUNDING = 2.0 ** -11  # float16's rounding error relative to the value (half its epsilon)
 
 
 class RuntimeUnavailable(UserError):
@@ -66,16 +69,30 @@ def cores() -> int:
 
 
 class FanOutputs(torch.nn.Module):
-    """x (B, 3, S, S) in [0, 1] -> (features (B, 768, S/4, S/4), heatmaps (B, 68, S/4, S/4))."""
+    """x (B, 3, S, S) in [0, 1] -> (features (B, 768, S/4, S/4), heatmaps (B, 68, S/4, S/4));
+    half: the features as float16 (what the head's training cache held), cast in the graph."""
 
-    def __init__(self, fan: torch.nn.Module):
+    def __init__(self, fan: torch.nn.Module, half: bool = False):
         super().__init__()
-        self.fan = fan
+        self.fan, self.half = fan, half
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.fan.taps(x)
         a = t["attention"]
-        return torch.cat([t["F_l"], t["H1"] * a, t["H2"] * a], dim=1), t["heatmaps"]
+        f = torch.cat([t["F_l"], t["H1"] * a, t["H2"] * a], dim=1)
+        return (f.half() if self.half else f), t["heatmaps"]
+
+
+class FloatInputs(torch.nn.Module):
+    """A head that takes float16 features and casts them to float32 in its graph: the float16
+    features the FAN's export gives go in as they are, with no copy or conversion in Python."""
+
+    def __init__(self, head: torch.nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self.head(*[x.float() for x in xs])
 
 
 def export(module: torch.nn.Module, inputs: Sequence[torch.Tensor], names: Sequence[str],
@@ -91,6 +108,11 @@ def export(module: torch.nn.Module, inputs: Sequence[torch.Tensor], names: Seque
                           dynamo=False)
 
 
+# ONNX Runtime's CPU memory arena. An arena per session keeps that session's largest plan for
+# the process's life, so the FAN's and the head's add up in peak memory; without it every run
+# page-faults its buffers in again, which cost more than a third of the head's time (measured,
+# single_face.mp4, crop 256: 4.41 against 3.65 frames/s, peak memory MEMORY_NUMBERS; docs/predict.md).
+MEMORY_ARENA = True
 _POOL: list[int] = []  # the process-wide thread pool's size, once set
 
 
@@ -122,11 +144,7 @@ class OnnxNet:
         else:
             opts.intra_op_num_threads = threads or cores()
             opts.inter_op_num_threads = 1
-        # No CPU memory arena: an arena per session keeps that session's largest plan for the
-        # process's life, in power-of-two steps, so the FAN's and the head's peaks add up (peak
-        # memory 3370 MB against 1938 MB for torch, measured; docs/predict.md). Without it each
-        # run's plan (mem pattern, kept) is allocated and freed as the run goes.
-        opts.enable_cpu_mem_arena = False
+        opts.enable_cpu_mem_arena = MEMORY_ARENA
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
@@ -134,11 +152,18 @@ class OnnxNet:
         except Exception as e:  # a cached file that is not a model: say which
             raise RuntimeUnavailable(f"{path}: ONNX Runtime cannot load it ({e}); delete it to export "
                                 "again") from None
-        self.names = [i.name for i in self.session.get_inputs()]
+        inputs = self.session.get_inputs()
+        self.names = [i.name for i in inputs]
+        self.dtypes = [_DTYPES[i.type] for i in inputs]
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        feed = {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(self.names, arrays)}
+        """Outputs for inputs given in any float type (cast to what the graph takes, float32 or
+        float16; no copy where they are already that and contiguous)."""
+        feed = {n: np.ascontiguousarray(a, dtype=d) for n, d, a in zip(self.names, self.dtypes, arrays)}
         return self.session.run(None, feed)
+
+
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def probe_crops(n: int, size: int) -> np.ndarray:
@@ -151,11 +176,15 @@ def probe_crops(n: int, size: int) -> np.ndarray:
 
 
 def check(reference: Sequence[np.ndarray], got: Sequence[np.ndarray], what: str) -> float:
-    """Largest |got - reference| relative to the outputs' scale; RuntimeUnavailable past tolerance."""
+    """Largest |got - reference| relative to the outputs' scale; RuntimeUnavailable past tolerance.
+    A float16 output is checked against torch's float32 beyond its own rounding (half a float16
+    step, 2**-11 of each value: float32 reorderings move a value across a rounding boundary)."""
     worst = 0.0
     for r, g in zip(reference, got):
         scale = max(1.0, float(np.abs(r).max()))
-        d = np.abs(np.asarray(g, np.float64) - r)
+        r = np.asarray(r, np.float64)
+        rounding = np.abs(r) * F16_ROUNDING if g.dtype == np.float16 else 0.0
+        d = np.maximum(np.abs(np.asarray(g, np.float64) - r) - rounding, 0.0)
         worst = max(worst, float(d.max()) / scale if np.isfinite(d).all() else float("inf"))
     if not worst <= CHECK_TOLERANCE:
         raise RuntimeUnavailable(f"{what}: the ONNX export's outputs differ from torch's by {worst:.2e} "
