@@ -237,6 +237,8 @@ class Catalog:
         return self.remove_debris(base)
 
     def remove_debris(self, base: Path) -> list[str]:
+        if self.remote:  # no renames, no temporary objects: only what a killed upload left
+            return [self.rel(p) for p in location.remove_debris(base)]
         removed = []
         if not base.exists():
             return removed
