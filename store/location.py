@@ -207,6 +207,11 @@ def publish_dir(local: Path, final: StorePath) -> None:
     fs.invalidate_cache(prefix)
 
 
+def objects(fs, prefix: str) -> list[str]:
+    """The objects under a prefix (not the folder entries some servers list for prefixes)."""
+    return [k for k, v in fs.find(prefix, detail=True).items() if v.get("type") != "directory"]
+
+
 def debris(base: StorePath, depth: int = 2) -> list[StorePath]:
     """What a killed `publish_dir` left under `base`: `*.zarr` prefixes (at most `depth` levels
     down, where the catalog puts its Zarr stores) that hold objects but no root `zarr.json`."""
@@ -215,7 +220,8 @@ def debris(base: StorePath, depth: int = 2) -> list[StorePath]:
     for level in range(1, depth + 1):
         pattern = f"{base.path}/{'/'.join(['*'] * level)}.zarr"
         for found in fs.glob(pattern):
-            if not fs.exists(f"{found}/{ZARR_ROOT}"):
+            # (a server may keep an emptied prefix as a folder: only one holding objects counts)
+            if not fs.exists(f"{found}/{ZARR_ROOT}") and objects(fs, found):
                 out.append(as_path(f"{base.protocol}://{found}"))
     return out
 

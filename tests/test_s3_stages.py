@@ -48,3 +48,31 @@ def test_the_whole_pipeline_runs_on_s3_and_equals_a_local_run(configs, tmp_path,
     assert run_stages(remote, "manifest")["skipped"]
     assert not run_stages(remote, "faces")["computed_chunks"]
     assert not run_stages(remote, "features")["computed_this_run"]
+
+
+def test_a_zarr_store_is_published_whole_and_a_half_upload_is_debris(s3_bucket, tmp_path):
+    """publish_dir: the root zarr.json goes last, so a group opens whole or not at all; a kill
+    mid-upload leaves a prefix without it, which the stage's cleanup removes."""
+    from store import location
+    from store.features import create_feature_store, is_complete_layout
+
+    catalog = Catalog(f"s3://{s3_bucket}/s")
+    base = catalog.dataset_dir("d") / "features"
+    good = base / "a" / "features.zarr"
+    create_feature_store(good, 5, channels=4, size=2, frames_per_shard=2, attrs={})
+    assert is_complete_layout(good) and location.open_group(good)["features"].shape == (5, 4, 2, 2)
+    # what a kill after the arrays' metadata but before the root zarr.json leaves
+    half = base / "b" / "features.zarr"
+    local = tmp_path / "features.zarr"
+    create_feature_store(local, 5, channels=4, size=2, frames_per_shard=2, attrs={})
+    for p in sorted(local.rglob("*")):
+        if p.is_file() and p != local / "zarr.json":
+            half.fs.put_file(str(p), f"{half.path}/{p.relative_to(local).as_posix()}")
+    assert not is_complete_layout(half)
+    assert [str(p) for p in location.debris(base)] == [str(half)]
+    removed = catalog.clean("d", "features")
+    assert removed == [catalog.rel(half)] and not location.objects(half.fs, half.path) and is_complete_layout(good)
+    assert catalog.clean("d", "features") == []  # nothing left to remove
+    # replacing a published store: the old one is gone before the new one appears
+    create_feature_store(good, 7, channels=4, size=2, frames_per_shard=2, attrs={})
+    assert location.open_group(good)["features"].shape[0] == 7
