@@ -166,3 +166,11 @@ def test_an_object_store_that_does_not_answer_is_one_line(capsys, tmp_path, monk
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot reach the object store" in err, err
     assert "AWS_ENDPOINT_URL" in err and "Traceback" not in err
+
+
+def test_an_object_store_without_the_s3_api_is_refused_in_one_line(capsys, tmp_path):
+    """Stage locks need S3's conditional writes: another fsspec URL is one line, exit 2."""
+    config = _mini(tmp_path, store="memory://team/store")
+    assert main(["manifest", "--config", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "need the S3 API" in err, err
