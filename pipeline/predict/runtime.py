@@ -111,8 +111,8 @@ def export(module: torch.nn.Module, inputs: Sequence[torch.Tensor], names: Seque
 # ONNX Runtime's CPU memory arena. An arena per session keeps that session's largest plan for
 # the process's life, so the FAN's and the head's add up in peak memory; without it every run
 # page-faults its buffers in again, which cost more than a third of the head's time (measured,
-# single_face.mp4, crop 256: 4.41 against 3.65 frames/s, torch 3.07; peak memory without it
-# 2293 MB, torch 1997 MB; with it: docs/predict.md, "Peak memory").
+# single_face.mp4, crop 256: 4.41 against 3.65 frames/s, torch 3.07; peak memory 3568 MB with
+# it, 2293 MB without, torch 1997 MB; docs/predict.md, "Peak memory").
 MEMORY_ARENA = True
 _POOL: list[int] = []  # the process-wide thread pool's size, once set
 
