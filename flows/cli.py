@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipeline.config import FacesConfig, Variant, load_config, parse_override
-from pipeline.errors import UserError, storage_message
+from pipeline.errors import UserError, object_store_message, storage_message
 # Heavy libraries (torch, pandas, scikit-learn, Prefect, Dask) are imported where a command
 # uses them, not here: `aunet --help` and a config error answer in well under a second.
 
@@ -377,8 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         said = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
         print(f"aunet {args.command}: error: {said}", file=sys.stderr)
         return EXIT_USER
-    except OSError as e:
-        message = storage_message(e)
+    except Exception as e:  # noqa: BLE001 - the machine's state in one line; anything else re-raised
+        message = storage_message(e) or object_store_message(e)
         if message is None:
             raise
         print(f"aunet {args.command}: error: {message}", file=sys.stderr)

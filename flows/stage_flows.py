@@ -9,6 +9,7 @@ summaries. A failed unit or a user error ends the flow in a Failed state with on
 from __future__ import annotations
 
 import os
+import time
 from typing import Callable
 
 from prefect import flow, get_run_logger, unmapped
@@ -108,6 +109,7 @@ def run_stage(stage: str, cfg: RunConfig, force: bool = False, select: dict | No
               address: str | None = None) -> dict:
     """Run one stage under its locks (inside a flow); its summary, with `error` for a user
     error and `failed` for failed units."""
+    t0 = time.perf_counter()
     try:
         with runner.session(stage, cfg, Catalog(cfg.store)) as cleaned:
             inner = _units_flow(stage).with_options(task_runner=task_runner(cfg, stage, address))
@@ -121,6 +123,7 @@ def run_stage(stage: str, cfg: RunConfig, force: bool = False, select: dict | No
             logger.info("%s summary:\n%s", stage, printer(summary))
     if cfg.features.allow_random_weights and stage in ("features", "train", "evaluate", "report"):
         logger.warning(RANDOM_WEIGHTS_BANNER)
+    logger.info("stage %s took %.1f s", stage, time.perf_counter() - t0)  # STAGE_TIME
     return summary
 
 

@@ -60,6 +60,28 @@ def storage_message(e: BaseException) -> str | None:
             "run the command again (finished work is kept)")
 
 
+# An object store's client errors that are the user's setup, by class name (botocore, aiohttp:
+# pipeline imports neither): the endpoint does not answer, or no credentials were found.
+_UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"}
+_NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError"}
+
+
+def object_store_message(e: BaseException) -> str | None:
+    """One line for an object store that cannot be reached or signed in to; None otherwise."""
+    seen = e
+    while seen is not None:
+        name = type(seen).__name__
+        if name in _UNREACHABLE:
+            return (f"cannot reach the object store ({seen}); check AWS_ENDPOINT_URL (or the "
+                    "`store` URL) and the network, then run the command again (finished work "
+                    "is kept)")
+        if name in _NO_CREDENTIALS:
+            return (f"no credentials for the object store ({seen}); set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (or an AWS profile), then run the command again")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 # Errors worth retrying: the storage or network may answer next time (a flaky NFS or object
 # store mount, a dropped connection); a missing file, a full disk or permissions never will.
 _TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED,

@@ -15,12 +15,10 @@ import datetime as dt
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.config import RunConfig, ThresholdChoice, Variant
 from pipeline.folds import ALL_SUBJECTS
@@ -31,7 +29,7 @@ from pipeline.learning.temporal import triplet_rows
 from stages import calibration, groups, mixed_eval, scoring, thresholds
 from stages.contract import Plan, UnitResult
 from store import features as feature_store
-from store import manifests, mix, tables
+from store import location, manifests, mix, tables
 from store.catalog import Catalog, new_run_id
 from store.codekey import code_key
 from store.identity import eval_id
@@ -110,7 +108,7 @@ def all_units(cfg: RunConfig, catalog: Catalog) -> list[EvalUnit]:
 
 def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) -> Plan:
     units = all_units(cfg, catalog)
-    todo = [u for u in units if force or trusted(Path(u.out), u.key) is None]
+    todo = [u for u in units if force or trusted(location.as_path(u.out), u.key) is None]
     return Plan(todo, [u.name for u in units if u not in todo], {"units": units})
 
 
@@ -143,7 +141,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: EvalUnit, progress=None) ->
     out.insert(0, "eval_dataset", unit.eval_dataset)
     out.insert(1, "variant", unit.variant)
     out.insert(2, "fold", unit.fold)
-    out.insert(3, "head_name", Path(unit.checkpoint).parent.name)
+    out.insert(3, "head_name", location.as_path(unit.checkpoint).parent.name)
     out["face_found"] = face
     for j, au in enumerate(aus):
         out[f"{au}_prob"] = probs[:, j]
@@ -156,12 +154,12 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: EvalUnit, progress=None) ->
     if cfg.eval.threshold_choice is ThresholdChoice.VALIDATION and unit.eval_dataset == unit.dataset:
         chosen = thresholds.validation_thresholds(table, store, model, meta, unit.fold, cfg.eval,
                                                   cfg.train.batch_size)
-    write_table(Path(unit.out), arrow)
-    rec = record(stage=STAGE, name=catalog.rel(Path(unit.out)), identity=_unit_config(cfg),
+    write_table(location.as_path(unit.out), arrow)
+    rec = record(stage=STAGE, name=catalog.rel(location.as_path(unit.out)), identity=_unit_config(cfg),
                  inputs={}, code=code_key("stages.evaluate"),
                  extra={"random_weights": store.random_weights, "thresholds": chosen})
     rec["key"] = unit.key
-    write_provenance(Path(unit.out), rec)
+    write_provenance(location.as_path(unit.out), rec)
     return {"unit": unit.name, "path": unit.out, "frames": int(len(test)),
             "no_face": int((~face).sum()), "seconds": round(time.perf_counter() - t0, 3),
             "random_weights": bool(store.random_weights)}
@@ -200,7 +198,7 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
     ok = [r for r in results if r.ok]
     summary = {"dataset": name, "units": [u.name for u in units],
                "evaluated": [r.unit for r in ok], "reports": str(catalog.reports)}
-    missing = [u.name for u in units if trusted(Path(u.out), u.key) is None]
+    missing = [u.name for u in units if trusted(location.as_path(u.out), u.key) is None]
     if missing:  # a unit failed: no run is written from partial predictions
         return summary | {"skipped": False, "run": None, "incomplete": missing}
     unit_keys = {u.name: u.key for u in units}
@@ -211,12 +209,12 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
     if not ok and last and last[0]["inputs_key"] == inputs_key:
         return summary | {"skipped": True, "run": last[0]["run"],
                           "random_weights": bool(last[0]["random_weights"])}
-    pred = pd.concat([pq.read_table(u.out).to_pandas() for u in units], ignore_index=True)
+    pred = pd.concat([location.read_parquet(u.out).to_pandas() for u in units], ignore_index=True)
     if mix.is_mix(cfg):  # the mix's rows scored per member, on the AUs each labels
         pred = mixed_eval.split_members(pred, cfg)
     scored = _scored(pred, catalog, cfg)
     frames = _report_frames(cfg, catalog, pred, scored, units)
-    random_weights = any((read_provenance(Path(u.out)) or {}).get("random_weights", False)
+    random_weights = any((read_provenance(location.as_path(u.out)) or {}).get("random_weights", False)
                          for u in units)
     timings = {r.unit: round(r.seconds, 3) for r in ok}
     run_id, written = _write_run(cfg, catalog, frames, unit_keys, {
@@ -311,6 +309,6 @@ def format_summary(summary: dict) -> str:
                          f"{100 * s['level']:.0f}% CI over {s['n']} subjects [{s['ci_lo']:+.4f}, {s['ci_hi']:+.4f}]")
     for table, path in (summary.get("written") or {}).items():
         lines.append(f"  wrote {table}: {path}")
-    lines.append(f"  query: aunet query --store {Path(summary['reports']).parent} "
+    lines.append(f"  query: aunet query --store {location.as_path(summary['reports']).parent} "
                  f"\"SELECT variant, au, f1 FROM metrics WHERE fold = 'mean' ORDER BY variant, au\"")
     return "\n".join(lines)

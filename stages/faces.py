@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -23,6 +22,7 @@ from pipeline.errors import StaleArtifact
 from stages.contract import Plan, UnitResult
 from stages.faces_frames import process_rows
 from store import crops as crop_store
+from store import location
 from store import manifests
 from store import mix
 from store.catalog import Catalog
@@ -103,7 +103,7 @@ def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) 
 
 
 def prepare(cfg: RunConfig, catalog: Catalog, plan: Plan) -> None:
-    crop_store.prepare(Path(plan.context["path"]), n_frames=plan.context["frames"],
+    crop_store.prepare(location.as_path(plan.context["path"]), n_frames=plan.context["frames"],
                        chunk_frames=cfg.faces.chunk_frames, size=cfg.faces.size,
                        attrs=_store_attrs(cfg))
 
@@ -116,7 +116,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: FacesUnit, progress=None) -
                          "in order; rebuild the manifest")
     data, errors, timing = process_rows(rows.to_pylist(), cfg.faces, _detector(cfg.faces),
                                         sequence_images=unit.sequence)
-    crop_store.write_chunk(Path(unit.store), unit.chunk, unit.start, data, unit.key)
+    crop_store.write_chunk(location.as_path(unit.store), unit.chunk, unit.start, data, unit.key)
     if progress:
         progress(unit.size)
     return {"frames": unit.size, "faces": int(data["success"].sum()),
@@ -127,7 +127,7 @@ def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResul
     """Record completion (only when every block holds its expected key) and summarise."""
     if "mix" in plan.context:
         return {"mix": plan.context["mix"]}
-    path = Path(plan.context["path"])
+    path = location.as_path(plan.context["path"])
     keys = plan.context["keys"]
     if not path.exists():  # nothing was ever created (every unit failed before writing)
         return {"path": str(path), "frames": plan.context["frames"], "complete": False,

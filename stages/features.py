@@ -12,11 +12,9 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import zarr
 
 from pipeline.config import RunConfig
 from pipeline.errors import StaleArtifact
@@ -24,6 +22,7 @@ from pipeline.models.fan import FEATURE_CHANNELS, FEATURE_STRIDE, weights_identi
 from stages.contract import Plan, UnitResult
 from stages.features_compute import backbone, compute_shard, device_for
 from store import crops as crop_store
+from store import location
 from store import mix
 from store.catalog import Catalog
 from store.codekey import code_key
@@ -74,7 +73,7 @@ def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) 
     fps = cfg.features.frames_per_shard
     done, damaged = {}, {}
     if is_complete_layout(out):
-        g = zarr.open_group(str(out), mode="r")
+        g = location.open_group(out, "r")
         if g["features"].shape[0] == n:
             done = done_shards(g)
             # a done shard whose file is gone or damaged is done no more
@@ -100,13 +99,13 @@ def plan(cfg: RunConfig, catalog: Catalog, *, force: bool = False, select=None) 
 
 def prepare(cfg: RunConfig, catalog: Catalog, plan: Plan) -> None:
     """Create the store (whole, atomically) unless one of this identity and size exists."""
-    out, n = Path(plan.context["path"]), plan.context["frames"]
-    if is_complete_layout(out) and zarr.open_group(str(out), mode="r")["features"].shape[0] == n:
-        g = zarr.open_group(str(out), mode="r+")
+    out, n = location.as_path(plan.context["path"]), plan.context["frames"]
+    if is_complete_layout(out) and location.open_group(out, "r")["features"].shape[0] == n:
+        g = location.open_group(out, "r+")
         for s in plan.context["redo"]:  # damaged (or --force): done no more, so recomputed
             g["shard_done"][s] = False
         return
-    crops = zarr.open_group(plan.context["crops"], mode="r")
+    crops = location.open_group(plan.context["crops"], "r")
     size = crops["crops"].shape[1] // FEATURE_STRIDE
     f = cfg.features
     create_feature_store(out, n, channels=FEATURE_CHANNELS, size=size, dtype=f.dtype.value,
@@ -123,8 +122,8 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: FeaturesUnit, progress=None
                          f"{unit.weights}); plan again")
     device = device_for(cfg)
     model = model.to(device)
-    crops = zarr.open_group(unit.crops_path, mode="r")
-    g = zarr.open_group(unit.out_path, mode="r+")
+    crops = location.open_group(unit.crops_path, "r")
+    g = location.open_group(unit.out_path, "r+")
     n_frames, fps = g["features"].shape[0], int(g.attrs["frames_per_shard"])
     done = done_shards(g)
     computed = written = 0
@@ -172,21 +171,21 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: FeaturesUnit, progress=None
     return {"shards": written, "computed": computed, "seconds": time.perf_counter() - t0}
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+def _dir_bytes(path) -> int:
+    return location.tree_bytes(path)
 
 
 def finish(cfg: RunConfig, catalog: Catalog, plan: Plan, results: list[UnitResult]) -> dict:
     """Record the store's key once every shard holds its expected key; summarise."""
     if "mix" in plan.context:
         return {"mix": plan.context["mix"]}
-    out = Path(plan.context["path"])
+    out = location.as_path(plan.context["path"])
     keys = plan.context["keys"]
     if not is_complete_layout(out):
         return {"path": str(out), "frames": plan.context["frames"], "complete": False,
                 "shards_done": 0, "shards": len(keys), "computed_this_run": 0, "skipped": False,
                 "random_weights": cfg.features.allow_random_weights}
-    g = zarr.open_group(str(out), mode="r+")
+    g = location.open_group(out, "r+")
     complete = complete_with(g, keys)
     rec = {}
     if complete:

@@ -57,7 +57,7 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;p
 
 def _figure(path: Path) -> str:
     """A PNG inlined as a data URI: the page is one self-contained file."""
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    data = base64.b64encode(path.read_bytes()).decode("ascii")  # a Path or a URL store's UPath
     title = next((t for k, t in FIGURE_TITLES.items() if path.stem.startswith(k)), path.stem)
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(title)}">'
             f"<figcaption>{html.escape(title)} ({html.escape(path.name)})</figcaption></figure>")

@@ -25,9 +25,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from pipeline.config import RunConfig
-from pipeline.errors import ConfigError, UserError, is_transient, storage_message
+from pipeline.errors import UserError, is_transient, storage_message
 from stages.contract import Plan, UnitResult  # noqa: F401  (re-exported)
-from store.location import is_url
 from store.stage import Stage
 
 if TYPE_CHECKING:  # the catalog imports torch (identities hash weights): not at start-up
@@ -140,10 +139,6 @@ def run_units(stage: str, cfg: RunConfig, catalog: Catalog, units: list, *,
 def session(stage: str, cfg: RunConfig, catalog: Catalog) -> Iterator[list[str]]:
     """Hold the stage's locks (exclusive on its artifacts, shared on what it reads) and remove
     the debris a killed run of it left; yields the store-relative names removed."""
-    if is_url(cfg.store):
-        raise ConfigError(f"store {cfg.store}: the {stage} stage does not run on an object store "
-                          "yet (it holds report tables, `aunet query` and checkpoints so far: "
-                          "docs/orchestration.md); give `store` a local or shared folder")
     mod = module(stage)
     with catalog.lock(cfg.dataset.name, stage, reads=mod.reads(cfg)):
         yield clean(stage, cfg, catalog)

@@ -8,8 +8,6 @@ Only rows outside test fold k are ever read.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -53,11 +51,12 @@ def validation_thresholds(table, store, model, meta: dict, fold: int, ev: EvalCo
 def given(units: list[tuple[str, int, str]]) -> dict[tuple[str, int], dict]:
     """(variant, fold) -> the validation thresholds recorded in the provenance of the
     evaluate units' predictions files (variant, fold, path); own-dataset units carry them."""
+    from store import location
     from store.provenance import read_provenance
 
     out = {}
     for variant, fold, path in units:
-        rec = (read_provenance(Path(path)) or {}).get("thresholds")
+        rec = (read_provenance(location.as_path(path)) or {}).get("thresholds")
         if rec:
             out[(variant, int(fold))] = rec
     return out

@@ -28,7 +28,7 @@ from pipeline.models.vae import FrozenEncoder, load_prior
 from pipeline.learning.temporal import triplet_rows
 from pipeline.learning.training import fit
 from stages.contract import Plan, UnitResult
-from store import manifests, mix
+from store import location, manifests, mix
 from store.catalog import Catalog
 from store.codekey import code_key
 from store.identity import head_identity, head_label
@@ -143,7 +143,7 @@ def run_unit(cfg: RunConfig, catalog: Catalog, unit: TrainUnit, progress=None) -
     rows, frames, counts, held = _samples(cfg, unit, variant, table, y, store.valid)
     encoder = None
     if variant.uses_prior:
-        encoder = FrozenEncoder(load_prior(checked_prior(cfg, catalog, unit.fold, heads.manifest))[0])
+        encoder = FrozenEncoder(load_prior(location.readable(checked_prior(cfg, catalog, unit.fold, heads.manifest)))[0])
     folder = catalog.head_dir(cfg, variant, unit.fold)
     resume = None if unit.fresh else _latest_checkpoint(folder, unit.key)
     model, fresh = _model(cfg, variant, unit.fold, len(au_set.columns))

@@ -218,6 +218,11 @@ class Catalog:
     def _lease(self, dataset: str, stage: str, shared: bool, by: tuple[str, str]):
         from store import leases
 
+        if not hasattr(self.root.fs, "call_s3"):
+            raise ConfigError(f"store {self.root}: stage locks on an object store need the S3 "
+                              "API's conditional writes; give an s3:// URL (AWS, MinIO, Ceph, "
+                              "SeaweedFS) or a folder")
+
         base = self.dataset_dir(dataset) / ".locks"
         what = (f"stage '{by[1]}' of dataset '{by[0]}' reads stage '{stage}' of dataset "
                 f"'{dataset}', which another run is writing" if shared else
@@ -237,6 +242,8 @@ class Catalog:
         return self.remove_debris(base)
 
     def remove_debris(self, base: Path) -> list[str]:
+        if self.remote:  # no renames, no temporary objects: only what a killed upload left
+            return [self.rel(p) for p in location.remove_debris(base)]
         removed = []
         if not base.exists():
             return removed

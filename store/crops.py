@@ -25,11 +25,11 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-import zarr
 
 from pipeline.config import Layout, RunConfig
 from pipeline.errors import MissingArtifact, StaleArtifact
 from pipeline.hashing import hash_files
+from store import location
 from store import manifests
 from store.catalog import Catalog
 from store.codekey import code_key
@@ -125,7 +125,7 @@ def expected_keys(cfg: RunConfig, catalog: Catalog) -> list[str]:
 # -- writing ------------------------------------------------------------------------------------
 def is_complete_layout(path: Path) -> bool:
     try:
-        g = zarr.open_group(Path(path), mode="r")
+        g = location.open_group(path, "r")
         return all(name in g for name in REQUIRED)
     except (FileNotFoundError, ValueError, KeyError, OSError):
         return False
@@ -135,10 +135,10 @@ def prepare(path: Path, *, n_frames: int, chunk_frames: int, size: int, attrs: d
     """Create the store whole (built aside, renamed in), or resize an existing one to `n_frames`
     rows (written blocks keep their data and keys; plan decides which still hold). A half-made
     store (a kill while an older version created it) is rebuilt."""
-    path = Path(path)
+    path = location.as_path(path)
     n_blk = n_chunks(n_frames, chunk_frames)
     if path.exists() and is_complete_layout(path):
-        g = zarr.open_group(path, mode="r+")
+        g = location.open_group(path, "r+")
         if g["crops"].shape[0] != n_frames:
             for name, (_, shape, _) in _specs(size).items():
                 g[name].resize((n_frames, *shape))
@@ -148,7 +148,7 @@ def prepare(path: Path, *, n_frames: int, chunk_frames: int, size: int, attrs: d
             g.attrs.update(attrs)
         return
     with atomic_dir(path) as tmp:
-        g = zarr.open_group(tmp, mode="w", zarr_format=3)
+        g = location.open_group(tmp, "w")
         for name, (dtype, shape, fill) in _specs(size).items():
             g.create_array(name, shape=(n_frames, *shape), chunks=(chunk_frames, *shape),
                            dtype=dtype, fill_value=fill)
@@ -159,13 +159,13 @@ def prepare(path: Path, *, n_frames: int, chunk_frames: int, size: int, attrs: d
 
 def chunk_state(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(done bool (n_chunks,), key uint64 (n_chunks,))."""
-    g = zarr.open_group(Path(path), mode="r")
+    g = location.open_group(path, "r")
     return g["chunk_done"][:], g["chunk_key"][:]
 
 
 def write_chunk(path: Path, chunk: int, start: int, data: dict[str, np.ndarray], key: str) -> None:
     """Write one block's arrays and digests, then its key, then its done flag (in that order)."""
-    g = zarr.open_group(Path(path), mode="r+")
+    g = location.open_group(path, "r+")
     g["chunk_done"][chunk] = False  # a rewrite in progress is not done
     n = len(data["success"])
     data = dict(data, digest=row_digests(data["success"], data["crops"]))
@@ -186,7 +186,7 @@ def store_key(keys: Sequence[str]) -> str:
 
 def finalize(path: Path, provenance: dict | None) -> None:
     """Record provenance (None: the store is not complete) in the group attributes."""
-    g = zarr.open_group(Path(path), mode="r+")
+    g = location.open_group(path, "r+")
     old = g.attrs.get("provenance")
     if (old or {}).get("key") != (provenance or {}).get("key") or (old is None) != (provenance is None):
         g.attrs["provenance"] = provenance  # a skipped rerun (same key) writes nothing
@@ -195,12 +195,12 @@ def finalize(path: Path, provenance: dict | None) -> None:
 def verify(path: Path, keys: Sequence[str]) -> dict:
     """The provenance of a complete crop store made from exactly `keys`; MissingArtifact or
     StaleArtifact (saying what to run) otherwise."""
-    path = Path(path)
+    path = location.as_path(path)
     if not path.exists():
         raise MissingArtifact(f"no crop store at {path}; run `aunet faces` first")
     if not is_complete_layout(path):
         raise StaleArtifact(f"{path} is not a complete crop store; run `aunet faces` to rebuild it")
-    g = zarr.open_group(path, mode="r")
+    g = location.open_group(path, "r")
     rec = g.attrs.get("provenance") or {}
     done, stored = chunk_state(path)
     if not done.all() or rec.get("key") != store_key(keys) or \
@@ -221,10 +221,10 @@ class CropStore:
     path: Path
 
     def __post_init__(self) -> None:
-        self.path = Path(self.path)
+        self.path = location.as_path(self.path)
         if not (self.path / "zarr.json").exists():
             raise MissingArtifact(f"no crop store at {self.path}; run `aunet faces` first")
-        self.group = zarr.open_group(self.path, mode="r")
+        self.group = location.open_group(self.path, "r")
 
     @property
     def n_frames(self) -> int:

@@ -10,7 +10,9 @@ own and is refused (StoreLocked), so a writer and a reader never both go ahead.
 A holder that dies (kill -9, a lost machine) stops renewing: its lease expires LEASE_S later
 and is then taken over by the next run, by a conditional overwrite (If-Match: the dead lease's
 ETag), so of two runs that find it expired exactly one wins. Until then a new run is refused
-with the holder's name and the time it expires.
+with the holder's name and the time it expires, unless the holder ran on this very machine and
+its process is gone (host name, pid and the process's start time all recorded): then its lease
+is dead at once, as a flock is when its process dies, and a rerun after a kill -9 goes ahead.
 """
 from __future__ import annotations
 
@@ -64,8 +66,20 @@ def _where(path) -> dict:
 
 
 def _body(what: str) -> dict:
-    return {"holder": f"{what} pid {os.getpid()} on {socket.gethostname()}",
-            "token": secrets.token_hex(8), "expires": time.time() + LEASE_S}
+    pid, host = os.getpid(), socket.gethostname()
+    return {"holder": f"{what} pid {pid} on {host}", "host": host, "pid": pid,
+            "started": _started(pid), "token": secrets.token_hex(8),
+            "expires": time.time() + LEASE_S}
+
+
+def _started(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (Linux /proc; None elsewhere): with the
+    pid, it names one process even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def _put(path, body: dict, **condition) -> str:
@@ -106,7 +120,23 @@ def _refusal(refused: str, body: dict) -> StoreLocked:
 
 
 def _live(body: dict) -> bool:
-    return float(body.get("expires", 0)) > time.time()
+    if float(body.get("expires", 0)) <= time.time():
+        return False
+    return not _gone_here(body)
+
+
+def _gone_here(body: dict) -> bool:
+    """Whether the holder ran on this machine and its process no longer runs."""
+    if body.get("host") != socket.gethostname() or not isinstance(body.get("pid"), int):
+        return False
+    try:
+        os.kill(body["pid"], 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists (another user's)
+        pass
+    now, then = _started(body["pid"]), body.get("started")
+    return now is not None and then is not None and now != then  # the pid was reused
 
 
 def _until(body: dict) -> str:

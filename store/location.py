@@ -12,6 +12,13 @@ What POSIX gave and an object store has not, done here:
   artifact or the new one (never half), and a killed writer leaves nothing in the bucket.
 - exclusive create: `create_exclusive` (a conditional PUT, If-None-Match: *), what the leases of
   `store.leases` are built on.
+- a folder published whole: `publish_dir` uploads a folder built locally (a Zarr store's empty
+  layout: metadata only) with its root `zarr.json` last, so a reader that opens the group sees
+  all of it; a kill mid-upload leaves a prefix without a root `zarr.json`, which no reader opens
+  and the stage's cleanup removes (`debris`).
+- Zarr groups are opened through `open_group` (zarr 3's FsspecStore for a URL), with the listing
+  cache off: the store's writers are other processes and machines, whose writes a cached listing
+  would hide.
 """
 from __future__ import annotations
 
@@ -23,8 +30,11 @@ from pathlib import Path
 from typing import Iterator, Union
 
 LOCAL_PROTOCOLS = frozenset({"", "file", "local"})
+ZARR_ROOT = "zarr.json"  # a Zarr v3 group's metadata: what makes a prefix a group
+# fsspec's listing cache would hide other writers' objects; these filesystems take the option
+NO_LISTING_CACHE = {"s3", "s3a", "gs", "gcs", "abfs", "az", "adl"}
 HASH_BLOCK = 1 << 20
-StorePath = Union[Path, "UPath"]  # noqa: F821 (upath is imported only for URL stores)
+StorePath = Union[Path, "UPath"]  # noqa: F821 - upath is imported only for URL stores
 
 
 def is_url(store: str | os.PathLike) -> bool:
@@ -41,9 +51,52 @@ def store_root(store: str | os.PathLike) -> StorePath:
     if not is_url(store):
         text = str(store)
         return Path(text[len("file://"):] if text.startswith("file://") else text).resolve()
-    from upath import UPath
+    return as_path(str(store).rstrip("/"))
 
-    return UPath(str(store).rstrip("/"))
+
+def options(url: str) -> dict:
+    """The fsspec options every client of a URL store uses: the listing cache off, and for S3
+    the endpoint of AWS_ENDPOINT_URL as it is now (fsspec keeps one client per set of options:
+    without it, a client made for an earlier endpoint would be reused). Never recorded."""
+    scheme = str(url).partition("://")[0].lower()
+    out = {"use_listings_cache": False} if scheme in NO_LISTING_CACHE else {}
+    if scheme in ("s3", "s3a") and os.environ.get("AWS_ENDPOINT_URL"):
+        out["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+    return out
+
+
+def as_path(path: str | os.PathLike) -> StorePath:
+    """A store path from what a plan or unit carries (often a str): a UPath for a URL (a worker
+    on another machine gets the same object store), else a local Path."""
+    if is_remote(path):
+        return path
+    if is_url(path):
+        from upath import UPath
+
+        return UPath(str(path), **options(str(path)))
+    return Path(path)
+
+
+def open_group(path: str | os.PathLike, mode: str = "r"):
+    """A Zarr v3 group at a local folder or a URL (zarr's FsspecStore); mode as zarr's."""
+    import zarr
+
+    text = str(path)
+    kw = {"zarr_format": 3} if mode == "w" else {}
+    if is_url(text):
+        kw["storage_options"] = options(text)
+    return zarr.open_group(text, mode=mode, **kw)
+
+
+def group_root(group) -> StorePath:
+    """Where a group opened by `open_group` lives: its folder, or its prefix as a UPath."""
+    store = group.store
+    if hasattr(store, "root"):  # zarr's LocalStore
+        return Path(store.root) / group.path
+    protocol = store.fs.protocol
+    protocol = protocol[0] if isinstance(protocol, (tuple, list)) else protocol
+    base = as_path(f"{protocol}://{store.path}")
+    return base / group.path if group.path else base
 
 
 def is_remote(path: object) -> bool:
@@ -70,6 +123,41 @@ def arrow(path: StorePath) -> tuple[str, object]:
     return path.path, PyFileSystem(FSSpecHandler(path.fs))
 
 
+def readable(path: StorePath):
+    """What torch.load reads: the local path, or an object's bytes in memory (seekable)."""
+    if not is_remote(path):
+        return path
+    import io
+
+    with path.open("rb") as fh:
+        return io.BytesIO(fh.read())
+
+
+def version(path: StorePath) -> str:
+    """What changes whenever a file (object) is replaced: its mtime and size, or its ETag."""
+    if not is_remote(path):
+        st = Path(path).stat()
+        return f"{st.st_mtime_ns}-{st.st_size}"
+    info = path.fs.info(path.path)
+    return str(info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("size"))
+
+
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None):
+    """A Parquet file (a pyarrow Table) at a local path or a URL, read through the store's filesystem."""
+    import pyarrow.parquet as pq
+
+    where, fs = arrow(as_path(path))
+    return pq.read_table(where, columns=columns, filesystem=fs)
+
+
+def parquet_schema(path: str | os.PathLike):
+    """A Parquet file's schema alone (no rows read)."""
+    import pyarrow.parquet as pq
+
+    where, fs = arrow(as_path(path))
+    return pq.read_schema(where, filesystem=fs)
+
+
 def sha256(path: StorePath) -> str:
     """The SHA-256 of an object's bytes, read in blocks (local files: pipeline.hashing)."""
     if not is_remote(path):
@@ -83,6 +171,13 @@ def sha256(path: StorePath) -> str:
     return digest.hexdigest()
 
 
+def tree_bytes(path: StorePath) -> int:
+    """The bytes of every file (object) under a folder (prefix)."""
+    if not is_remote(path):
+        return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    return int(path.fs.du(path.path, total=True)) if path.exists() else 0
+
+
 def remove_tree(path: StorePath) -> None:
     """Delete a folder (every object under a prefix); nothing when it is missing."""
     if not is_remote(path):
@@ -94,6 +189,63 @@ def remove_tree(path: StorePath) -> None:
         path.fs.rm(path.path, recursive=True)
     except FileNotFoundError:
         pass
+
+
+def publish_dir(local: Path, final: StorePath) -> None:
+    """Upload the folder `local` to the prefix `final`, replacing what is there: the old root
+    `zarr.json` goes first (readers stop seeing the old group), then the rest of the old
+    prefix, then every new object, the new root `zarr.json` last (readers see the new group
+    whole). A reader sees the old group, none, or the new one; never a mix."""
+    fs, prefix = final.fs, final.path
+    if fs.exists(f"{prefix}/{ZARR_ROOT}"):
+        fs.rm_file(f"{prefix}/{ZARR_ROOT}")
+    remove_tree(final)
+    files = sorted(p for p in Path(local).rglob("*") if p.is_file())
+    root = Path(local) / ZARR_ROOT
+    for p in [f for f in files if f != root] + [f for f in files if f == root]:
+        fs.put_file(str(p), f"{prefix}/{p.relative_to(local).as_posix()}")
+    fs.invalidate_cache(prefix)
+
+
+def objects(fs, prefix: str) -> list[str]:
+    """The objects under a prefix (not the folder entries some servers list for prefixes)."""
+    return [k for k, v in fs.find(prefix, detail=True).items() if v.get("type") != "directory"]
+
+
+def debris(base: StorePath, depth: int = 2) -> list[StorePath]:
+    """What a killed `publish_dir` left under `base`: `*.zarr` prefixes (at most `depth` levels
+    down, where the catalog puts its Zarr stores) that hold objects but no root `zarr.json`."""
+    fs = base.fs
+    out = []
+    for level in range(1, depth + 1):
+        pattern = f"{base.path}/{'/'.join(['*'] * level)}.zarr"
+        for found in fs.glob(pattern):
+            # (a server may keep an emptied prefix as a folder: only one holding objects counts)
+            if not fs.exists(f"{found}/{ZARR_ROOT}") and objects(fs, found):
+                out.append(as_path(f"{base.protocol}://{found}"))
+    return out
+
+
+def remove_debris(base: StorePath) -> list[StorePath]:
+    """Remove what killed writers left under `base` on an object store: Zarr prefixes without
+    their root `zarr.json` (`debris`) and unfinished multipart uploads of objects under `base`
+    (invisible, but stored and billed until aborted). Call only under the exclusive lock of
+    `base`'s stage: any upload in progress there is a dead writer's. Returns what was removed."""
+    removed = debris(base)
+    for p in removed:
+        remove_tree(p)
+    bucket, _, prefix = base.path.partition("/")
+    if hasattr(base.fs, "list_multipart_uploads"):  # S3 (s3fs); other stores have no such parts
+        try:
+            uploads = base.fs.list_multipart_uploads(bucket)
+        except OSError:  # a server without the call: nothing it could have kept
+            uploads = []
+        for up in uploads:
+            if up.get("Key", "").startswith(prefix + "/"):
+                base.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=up["Key"],
+                                UploadId=up["UploadId"])
+                removed.append(as_path(f"{base.protocol}://{bucket}/{up['Key']}"))
+    return removed
 
 
 @contextmanager

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.config import Layout, RunConfig
 from pipeline.errors import MissingArtifact, StaleArtifact
 from pipeline.folds import ALL_SUBJECTS, training_rows
 from pipeline.hashing import hash_files
 from pipeline.manifest import au_set_of
+from store import location
 from store.catalog import Catalog
 from store.codekey import code_key
 from store.identity import frame_key, members, relative
@@ -106,23 +106,23 @@ def checked(cfg: RunConfig, catalog: Catalog, dataset: str | None = None) -> dic
 
 
 def load(catalog: Catalog, dataset: str, columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(path(catalog, dataset), columns=columns)
+    return location.read_parquet(path(catalog, dataset), columns)
 
 
 @lru_cache(maxsize=4)
-def _rows(p: str, mtime_ns: int, columns: tuple[str, ...]) -> pa.Table:
-    return pq.read_table(p, columns=list(columns))
+def _rows(p: str, version: str, columns: tuple[str, ...]) -> pa.Table:
+    return location.read_parquet(p, list(columns))
 
 
 def rows(catalog: Catalog, dataset: str, columns: list[str]) -> pa.Table:
     """Some columns of the manifest, read once per process and manifest version."""
     p = path(catalog, dataset)
-    return _rows(str(p), p.stat().st_mtime_ns, tuple(columns))
+    return _rows(str(p), location.version(p), tuple(columns))
 
 
 def au_set(catalog: Catalog, dataset: str):
     """The manifest's AU set, from the Parquet schema alone (no rows read)."""
-    return au_set_of(pq.read_schema(path(catalog, dataset)))
+    return au_set_of(location.parquet_schema(path(catalog, dataset)))
 
 
 def test_folds(catalog: Catalog, dataset: str) -> list[int]:

@@ -158,18 +158,13 @@ def checked_head(cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int,
 
 
 # -- checkpoint files ---------------------------------------------------------------------------
-def _path(path):
-    """A local path as a Path; an object-store path (store.location) as it is."""
-    return path if location.is_remote(path) else Path(path)
-
-
 def save_checkpoint(path: Path, blob: dict) -> None:
     """Atomic: a killed run leaves the previous file or this one, never half of one.
 
     The checkpoint is serialised in memory first and written with plain writes, so a full disk
     is an OSError of that write (torch.save onto a file says only "file write failed" as a
     RuntimeError), reported in one line naming `path`; the temporary file is removed."""
-    path = _path(path)
+    path = location.as_path(path)
     buf = io.BytesIO()
     torch.save(blob, buf)
     try:
@@ -191,12 +186,9 @@ def save_checkpoint(path: Path, blob: dict) -> None:
 
 def read_checkpoint(path: Path) -> dict:
     """A head or prior checkpoint; weights_only=True: tensors and plain data, nothing else."""
-    path = _path(path)
+    path = location.as_path(path)
     try:
-        if location.is_remote(path):  # an object store: read through its filesystem
-            with path.open("rb") as fh:
-                return torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(location.readable(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise MissingArtifact(f"checkpoint {path} does not exist; rerun the stage that writes "
                               "it") from None
@@ -210,7 +202,7 @@ def read_checkpoint(path: Path) -> dict:
 
 def load_head(path: str | Path) -> tuple[nn.Module, dict]:
     """(model in eval mode, the checkpoint's metadata without weights and optimizer state)."""
-    blob = read_checkpoint(_path(path))
+    blob = read_checkpoint(location.as_path(path))
     model = build_head(Variant(blob["variant"]), int(blob["n_aus"]))
     model.load_state_dict(blob["state_dict"])
     model.eval()

@@ -96,7 +96,15 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     folder is only aside; `recover_dir` (run by the cleanup of every stage and when a reader
     takes its lock) renames it back; after (2) it deletes it. So `final` is always the old
     folder or the new one, whole.
+
+    On an object store (no renames) the folder is built locally and uploaded with its root
+    `zarr.json` last (`store.location.publish_dir`): readers see the old store, none, or the new.
     """
+    if location.is_remote(final):
+        with tempfile.TemporaryDirectory(prefix="aunet-build-") as tmp:
+            yield Path(tmp) / final.name
+            location.publish_dir(Path(tmp) / final.name, final)
+        return
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(final)  # a replacement a kill interrupted: finish or undo it first

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from pipeline.errors import UserError
 from store import location
@@ -161,7 +160,7 @@ def read(catalog: Catalog, name: str, dataset: str | None = None) -> pa.Table:
     files = part_files(catalog, name, dataset)
     if not files:
         return _empty(name)
-    schemas = [_read_schema(f) for f in files]
+    schemas = [location.parquet_schema(f) for f in files]
     versions = {s.metadata.get(b"schema_version", b"?").decode() for s in schemas}
     if versions - {SCHEMA_VERSION}:
         raise TableError(f"table {name}: partitions with schema versions {sorted(versions)}; "
@@ -182,19 +181,9 @@ def read_run(catalog: Catalog, name: str, dataset: str, run: str) -> pa.Table:
     path = catalog.report_part(name, dataset, run)
     if not path.exists():
         return _empty(name)
-    t = _read_table(path)
+    t = location.read_parquet(path)
     return t.append_column("dataset", pa.array([dataset] * t.num_rows, pa.string())) \
             .append_column("run", pa.array([run] * t.num_rows, pa.string()))
-
-
-def _read_schema(path) -> pa.Schema:
-    where, fs = location.arrow(path)
-    return pq.read_schema(where, filesystem=fs)
-
-
-def _read_table(path, columns: list[str] | None = None) -> pa.Table:
-    where, fs = location.arrow(path)
-    return pq.read_table(where, columns=columns, filesystem=fs)
 
 
 def _empty(name: str) -> pa.Table:
@@ -211,7 +200,7 @@ def latest_run(catalog: Catalog, dataset: str, config_key: str | None = None) ->
     evaluation request (store.identity.eval_id), which is what a report of a config renders."""
     ids = run_ids(catalog, dataset)
     if config_key is not None:
-        ids = [r for r in ids if _read_table(catalog.report_part("runs", dataset, r),
+        ids = [r for r in ids if location.read_parquet(catalog.report_part("runs", dataset, r),
                                              columns=["config_key"])["config_key"][0].as_py()
                == config_key]
     return max(ids) if ids else None  # run ids sort by their UTC time stamp

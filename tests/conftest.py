@@ -193,6 +193,8 @@ def run_stages(cfg, *stages: str, **kw) -> dict:
     summary = {}
     for stage in stages:
         summary = runner.execute(stage, cfg, Catalog(cfg.store), progress=False, **kw)
+        if summary.get("failed"):
+            print(*summary.get("traces", []), sep="\n")  # shown with the failure
         assert not summary.get("failed"), summary["failed"]
     return summary
 

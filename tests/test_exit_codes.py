@@ -154,9 +154,23 @@ def test_help_and_config_errors_import_no_heavy_library(bad_config, argv):
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-500:]
 
 
-def test_a_stage_on_an_object_store_is_refused_in_one_line(capsys, tmp_path):
-    """Only the report tables, `aunet query` and checkpoints run on s3:// so far (issue 21)."""
+def test_an_object_store_that_does_not_answer_is_one_line(capsys, tmp_path, monkeypatch):
+    """A store URL whose endpoint is down: one line naming the variable to check, exit 2."""
+    from procs import HOST, free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{HOST}:{free_port()}")  # nothing listens
+    for k, v in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
     config = _mini(tmp_path, store="s3://bucket/prefix")
     assert main(["manifest", "--config", str(config), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "does not run on an object store yet" in err, err
+    assert err.count("\n") == 1 and "cannot reach the object store" in err, err
+    assert "AWS_ENDPOINT_URL" in err and "Traceback" not in err
+
+
+def test_an_object_store_without_the_s3_api_is_refused_in_one_line(capsys, tmp_path):
+    """Stage locks need S3's conditional writes: another fsspec URL is one line, exit 2."""
+    config = _mini(tmp_path, store="memory://team/store")
+    assert main(["manifest", "--config", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "need the S3 API" in err, err

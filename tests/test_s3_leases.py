@@ -87,3 +87,28 @@ def test_a_live_holder_renews_its_lease(cat, monkeypatch):
         first = json.loads(_lease(cat).read_text())["expires"]
         time.sleep(1.0)
         assert json.loads(_lease(cat).read_text())["expires"] > first
+
+
+def test_a_lease_of_a_dead_process_on_this_machine_is_dead_at_once(cat):
+    """As a flock dies with its process: a kill -9 on this machine does not block the rerun for
+    the lease's 60 s; a live process's lease here still refuses."""
+    import socket
+    import subprocess
+    import sys
+
+    from store.leases import _started
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        body = {"holder": f"aunet features pid {proc.pid} on here", "host": socket.gethostname(),
+                "pid": proc.pid, "started": _started(proc.pid), "token": "x",
+                "expires": time.time() + 30}
+        _lease(cat).write_bytes(json.dumps(body).encode())
+        with pytest.raises(StoreLocked, match=f"pid {proc.pid} on here"):
+            with cat.lock("demo", "features"):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+    with cat.lock("demo", "features"):  # its process is gone: taken over at once
+        assert f"pid {proc.pid}" not in _lease(cat).read_text()

@@ -13,6 +13,7 @@ import zarr
 from pipeline.config import RunConfig
 from pipeline.errors import MissingArtifact, StaleArtifact
 from store import crops as crop_store
+from store import location
 from store.catalog import Catalog
 from store.codekey import code_key
 from store.features.layout import (damaged_shards, done_shards, is_complete_layout, n_shards_for,
@@ -79,12 +80,12 @@ def complete_with(group: zarr.Group, keys: list[str]) -> bool:
 def verify(path: str | Path, keys: list[str]) -> dict:
     """The provenance of a complete feature store made from exactly `keys` (one per shard);
     MissingArtifact or StaleArtifact (saying what to run) otherwise."""
-    path = Path(path)
+    path = location.as_path(path)
     if not path.exists():
         raise MissingArtifact(f"no feature store at {path}; run `aunet features` first")
     if not is_complete_layout(path):
         raise StaleArtifact(f"{path} is not a complete feature store; run `aunet features`")
-    g = zarr.open_group(str(path), mode="r")
+    g = location.open_group(path, "r")
     rec = dict(g.attrs.get("provenance") or {})
     if rec.get("key") != store_key(keys) or not complete_with(g, keys):
         n_done = len(done_shards(g))

@@ -39,6 +39,7 @@ from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from pipeline.errors import InputError
 from pipeline.quantise import quantise
+from store import location
 from store.provenance import atomic_dir
 
 FEATURE_CHANNELS = 768  # F_l (256) + H1*A (256) + H2*A (256)
@@ -96,14 +97,14 @@ def create_feature_store(path: str | Path, n_frames: int, *, channels: int = FEA
     fps = int(frames_per_shard)
     n_shards = n_shards_for(n_frames, fps)
     compressors = _compressors(codec)
-    with atomic_dir(Path(path)) as tmp:
+    with atomic_dir(location.as_path(path)) as tmp:
         _build(tmp, n_frames, channels, size, dtype, fps, n_shards, compressors, codec, attrs)
-    return zarr.open_group(str(path), mode="r+")
+    return location.open_group(path, "r+")
 
 
 def _build(path: Path, n_frames: int, channels: int, size: int, dtype: str, fps: int,
            n_shards: int, compressors, codec: str, attrs: dict) -> None:
-    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group = location.open_group(path, "w")
     # the outer shard must divide evenly into inner chunks; the array's last shard may be partial
     group.create_array("features", shape=(n_frames, channels, size, size), dtype=dtype,
                        chunks=(1, channels, size, size), shards=(fps, channels, size, size),
@@ -129,7 +130,7 @@ def _build(path: Path, n_frames: int, channels: int, size: int, dtype: str, fps:
 
 def is_complete_layout(path: str | Path) -> bool:
     try:
-        g = zarr.open_group(str(path), mode="r")
+        g = location.open_group(path, "r")
         return all(name in g for name in REQUIRED)
     except (FileNotFoundError, ValueError, KeyError, OSError):
         return False
@@ -209,12 +210,12 @@ def mark_done(group: zarr.Group, shard_index: int, key: str) -> None:
 
 def root_of(group: zarr.Group) -> Path:
     """The folder of a feature store group opened from a local path."""
-    return Path(group.store.root) / group.path
+    return location.group_root(group)
 
 
 def shard_file(root: Path, shard_index: int) -> Path:
     """The file of one shard of `features` (zarr v3's default chunk keys: c/i/0/0/0)."""
-    return Path(root) / "features" / "c" / str(int(shard_index)) / "0" / "0" / "0"
+    return location.as_path(root) / "features" / "c" / str(int(shard_index)) / "0" / "0" / "0"
 
 
 def damaged_shards(group: zarr.Group, deep: bool = False) -> dict[int, str]:

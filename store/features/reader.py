@@ -6,10 +6,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import zarr
 
 from pipeline.errors import MissingArtifact, StaleArtifact
 from pipeline.quantise import dequantise_np
+from store import location
 
 DASK_FRAMES = 8  # frames per dask chunk: 50 MB of float16, whatever the shard size
 
@@ -33,13 +33,13 @@ class FeatureStore:
     """Read-only access to a feature store; picklable (reopens lazily in each process)."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = location.as_path(path)
         if not (self.path / "zarr.json").exists():
             raise MissingArtifact(f"no feature store at {self.path}; run `aunet features` first")
         self._open()
 
     def _open(self) -> None:
-        self._group = zarr.open_group(str(self.path), mode="r")
+        self._group = location.open_group(self.path, "r")
         try:
             self._features = self._group["features"]
             self._valid_arr = self._group["valid"]
