@@ -1,7 +1,7 @@
 """A real Dask cluster for the slow tests, started as a user starts one: a Prefect API every
 process reports to (`python -m flows.server`, what `prefect server start` is on a cluster),
 `dask scheduler` and `dask worker` processes on 127.0.0.1; and what the tests ask of a run on it
-(`aunet run`, the tasks each worker ran, every report table)."""
+(`aunet run`, the tasks each worker ran, the units each one runs now)."""
 from __future__ import annotations
 
 import os
@@ -14,20 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import pyarrow as pa
-
 from procs import BIN, HOST, free_port, start, stop, wait_until
-from store import tables
-from store.catalog import Catalog
 
 REPO = Path(__file__).resolve().parents[1]
 START_S = 180  # the Prefect API's database takes 22-27 s to create on 2 cores
 RUN_S = 900
 # bit-identity between two runs needs one thread count everywhere (docs/architecture.md)
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-# what differs between two runs by design: when, how long, and where (the config names the
-# store folder and the scheduler address; the key of what was asked for, config_key, is equal)
-VOLATILE = {"runs": ["created_utc", "timings_json", "config_json"]}
 
 
 @dataclass
@@ -108,24 +101,6 @@ def tasks_per_worker(address: str) -> dict[str, dict[str, int]]:
         got = client.run(executed)
         names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
     return {names[a]: keys for a, keys in got.items()}
-
-
-def report_tables(store: Path) -> dict[str, pa.Table]:
-    """Every report table of the store, less what differs between runs by design, sorted."""
-    catalog = Catalog(store)
-    out = {}
-    for name in tables.TABLES:
-        t = tables.read(catalog, name).drop_columns(["run", *VOLATILE.get(name, [])])
-        out[name] = t.sort_by([(c, "ascending") for c in t.column_names
-                               if pa.types.is_string(t.schema.field(c).type)
-                               or pa.types.is_integer(t.schema.field(c).type)])
-    return out
-
-
-def assert_same_tables(want: dict[str, pa.Table], got: dict[str, pa.Table], what: str) -> None:
-    assert want["metrics"].num_rows and want["predictions"].num_rows
-    for name in tables.TABLES:
-        assert got[name].equals(want[name]), f"table {name} differs between the local and {what} run"
 
 
 def running_units(client) -> dict[str, list[tuple[str, str, tuple]]]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from dask_cluster import aunet_run, assert_same_tables, dask_cluster, report_tables, tasks_per_worker
+from dask_cluster import aunet_run, dask_cluster, tasks_per_worker
 from pipeline.config import load_config
+from run_tables import assert_same_tables, report_tables
 
 from .conftest import tiny_config
 

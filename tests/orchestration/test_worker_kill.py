@@ -25,9 +25,9 @@ import pytest
 import zarr
 from distributed import Client
 
-from dask_cluster import (REPO, RUN_S, assert_same_tables, aunet_run, aunet_run_args,
-                          dask_cluster, report_tables, running_units, start_worker,
-                          wait_for_workers)
+from dask_cluster import (REPO, RUN_S, aunet_run, aunet_run_args, dask_cluster, running_units,
+                          start_worker, wait_for_workers)
+from run_tables import assert_same_tables, report_tables
 from store.features.layout import damaged_shards, done_shards, root_of, shard_file
 
 from .conftest import tiny_config
