@@ -141,7 +141,7 @@ def _export(args: argparse.Namespace) -> int:
     from stages.bundles import export
     from store.catalog import Catalog
 
-    folder = export(cfg, Catalog(cfg.store), args.variant, args.fold, Path(args.out), args.name,
+    folder = export(cfg, Catalog(cfg.store), args.variant, args.fold, args.out, args.name,
                     _detector(args), force=args.force)
     print(f"bundle written: {folder}")
     return 0

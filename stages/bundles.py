@@ -22,7 +22,7 @@ from pipeline.manifest import label_matrix
 from pipeline.folds import ALL_SUBJECTS, fold_name
 from pipeline.hashing import file_sha256
 from pipeline.models.reference import load_released_head, read_released_file
-from store import manifests
+from store import location, manifests
 from store.catalog import Catalog
 from store.models import checked_head, read_checkpoint
 from store.provenance import atomic_path, output_folder, read_provenance, write_json
@@ -88,9 +88,10 @@ def export(cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int, out: P
         rec = read_provenance(head) or {}
         model = {"head_key": rec.get("key"), "dataset": cfg.dataset.name, "variant": variant.value,
                  "fold": fold_name(fold)}
-        with publish(Path(out), model, force) as tmp:
+        with publish(out, model, force) as tmp:  # a folder, or an s3:// URL
+            tmp.mkdir(parents=True, exist_ok=True)
             _export_into(tmp, cfg, catalog, variant, fold, head, rec, name, detector)
-    return Path(out)
+    return out if location.is_url(out) else Path(out)
 
 
 def _export_into(out: Path, cfg: RunConfig, catalog: Catalog, variant: Variant, fold: int,

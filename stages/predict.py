@@ -31,6 +31,7 @@ from stages import runner
 from stages.contract import UnitResult
 from stages.predict_inputs import (IMAGE_EXT, VIDEO_EXT, PredictUnit, UnitKind,  # noqa: F401
                                    mark_output, units)
+from store import location
 from store.onnx_cache import cached_export
 from store.provenance import RANDOM_WEIGHTS_BANNER, output_folder
 
@@ -44,6 +45,11 @@ MapUnits = Callable[[PredictConfig, list[PredictUnit]], list[UnitResult]]
 
 def make_config(**fields) -> PredictConfig:
     """A PredictConfig from command-line values; a bad value is one line naming its option."""
+    model = str(fields.get("model") or "")
+    if location.is_url(model):  # a bundle in a bucket: run a local copy (store.remote_bundles)
+        from store import remote_bundles
+
+        fields["model"] = remote_bundles.fetch(model)
     try:
         return PredictConfig(**fields)
     except ValidationError as e:

@@ -191,17 +191,18 @@ def remove_tree(path: StorePath) -> None:
         pass
 
 
-def publish_dir(local: Path, final: StorePath) -> None:
+def publish_dir(local: Path, final: StorePath, last: str = ZARR_ROOT) -> None:
     """Upload the folder `local` to the prefix `final`, replacing what is there: the old root
-    `zarr.json` goes first (readers stop seeing the old group), then the rest of the old
-    prefix, then every new object, the new root `zarr.json` last (readers see the new group
-    whole). A reader sees the old group, none, or the new one; never a mix."""
+    file `last` (a Zarr group's `zarr.json`, a bundle's `model.json`) goes first (readers stop
+    seeing the old one), then the rest of the old prefix, then every new object, the new `last`
+    at the end (readers see the new one whole). A reader sees the old, none, or the new; never
+    a mix."""
     fs, prefix = final.fs, final.path
-    if fs.exists(f"{prefix}/{ZARR_ROOT}"):
-        fs.rm_file(f"{prefix}/{ZARR_ROOT}")
+    if fs.exists(f"{prefix}/{last}"):
+        fs.rm_file(f"{prefix}/{last}")
     remove_tree(final)
     files = sorted(p for p in Path(local).rglob("*") if p.is_file())
-    root = Path(local) / ZARR_ROOT
+    root = Path(local) / last
     for p in [f for f in files if f != root] + [f for f in files if f == root]:
         fs.put_file(str(p), f"{prefix}/{p.relative_to(local).as_posix()}")
     fs.invalidate_cache(prefix)

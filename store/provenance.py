@@ -44,7 +44,7 @@ ASIDE_MARK = ".replaced"  # `.{name}.replaced`: the old folder while atomic_dir 
 KEY_LENGTH = 16
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -52,7 +52,7 @@ def _umask() -> int:
 
 def _writable_mode(mask: int | None = None) -> int:
     """The mode a plain open() would give a new file: 0666 minus the umask."""
-    return 0o666 & ~(_umask() if mask is None else mask)
+    return 0o666 & ~(current_umask() if mask is None else mask)
 
 
 @contextmanager
@@ -109,7 +109,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(final)  # a replacement a kill interrupted: finish or undo it first
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{BUILD_MARK}", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~current_umask())
     try:
         yield tmp
         aside = aside_path(final)

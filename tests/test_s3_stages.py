@@ -60,6 +60,30 @@ def _export_matches(local, remote, tmp_path) -> None:
             assert (a / f).read_bytes() == (b / f).read_bytes(), f
     spec_a, spec_b = (json.loads((p / "model.json").read_text()) for p in (a, b))
     assert spec_a["thresholds"] == spec_b["thresholds"] and spec_a["aus"] == spec_b["aus"]
+    _bundle_in_the_bucket(remote, det, b, tmp_path)
+
+
+def _bundle_in_the_bucket(remote, det, local_bundle, tmp_path) -> None:
+    """`aunet export --out s3://...` uploads the bundle (model.json last); `aunet predict
+    --model s3://...` runs a cached copy of it; another model's bundle there needs --force."""
+    import json
+
+    from pipeline.predict.bundle import BundleError
+    from stages.bundles import export
+    from stages.predict import make_config
+    from store import location
+
+    url = str(location.as_path(remote.store).parent / "models" / "au_fan")
+    assert export(remote, Catalog(remote.store), "au_fan", 1, url, detector=det) == url
+    got = make_config(inputs=(str(tmp_path),), model=url, out=str(tmp_path / "out"))
+    files = sorted(p.relative_to(got.model) for p in got.model.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(local_bundle) for p in local_bundle.rglob("*") if p.is_file())
+    assert make_config(inputs=(str(tmp_path),), model=url, out=str(tmp_path / "o")).model == got.model
+    with pytest.raises(BundleError, match="another model"):
+        export(remote, Catalog(remote.store), "aunet", 1, url, detector=det)
+    export(remote, Catalog(remote.store), "aunet", 1, url, detector=det, force=True)
+    again = make_config(inputs=(str(tmp_path),), model=url, out=str(tmp_path / "o")).model
+    assert again != got.model and json.loads((again / "model.json").read_text())["variant"] == "aunet"
 
 
 def test_a_zarr_store_is_published_whole_and_a_half_upload_is_debris(s3_bucket, tmp_path):

@@ -14,8 +14,9 @@ from .conftest import REPO
 from procs import BIN
 from run_tables import assert_same_tables, report_tables
 
-pytestmark = pytest.mark.slow
 RUN_S = 1800
+# two full demo runs: about 5-7 min each on 2 cores (over the suite's 900 s default)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2 * RUN_S + 300)]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # bit-identity between the runs
 STAGE_TIME = re.compile(r"stage (\w+) took ([0-9.]+) s")
 
