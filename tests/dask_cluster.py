@@ -39,11 +39,12 @@ def _http_ok(url: str) -> bool:
 
 
 @contextmanager
-def dask_cluster(logs: Path, n_workers: int) -> Iterator[Cluster]:
+def dask_cluster(logs: Path, n_workers: int, extra_env: dict | None = None) -> Iterator[Cluster]:
     """A Prefect API, a scheduler and `n_workers` one-thread workers named w0, w1, ...; every
-    process in its own process group, stopped after."""
+    process in its own process group, stopped after. `extra_env`: more variables for all of
+    them (an S3 server's AWS variables)."""
     api_port, sched_port = free_port(), free_port()
-    env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(REPO),
+    env = {**os.environ, **(extra_env or {}), **ONE_THREAD, "PYTHONPATH": str(REPO),
            "PREFECT_API_URL": f"http://{HOST}:{api_port}/api",
            "DASK_CONFIG": str(REPO / "configs" / "dask")}
     cluster = Cluster(f"tcp://{HOST}:{sched_port}", env, logs)
