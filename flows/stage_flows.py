@@ -18,7 +18,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from flows.params import StageParams, TrainParams
-from flows.tasks import finish_task, plan_task, unit_result, unit_task
+from flows.tasks import finish_task, plan_task, unit_task
+from flows.workers import collect
 from pipeline.config import DaskConfig, RunConfig, load_config
 from pipeline.errors import UserError
 from stages import runner
@@ -97,8 +98,9 @@ def _units_flow(stage: str) -> Callable:
             get_run_logger().info("%s: every output is up to date (same inputs, parameters and "
                                   "code): skipped", stage)
         futures = unit_task.map(unmapped(stage), unmapped(cfg), planned.units) if planned.units else []
-        return finish_task(stage, cfg, planned,
-                           [unit_result(f, u) for f, u in zip(futures, planned.units)])
+        results, no_workers = collect(stage, futures, planned.units, cfg.dask.no_workers_timeout_s)
+        summary = finish_task(stage, cfg, planned, results)
+        return summary | {"no_workers": no_workers} if no_workers else summary
 
     return units
 
@@ -129,6 +131,8 @@ def failure(summary: dict) -> str | None:
     """The one message a failed stage ends with (None when it succeeded)."""
     if summary.get("error"):
         return summary["error"]
+    if summary.get("no_workers"):  # the one line that says what to do, not every unit's
+        return summary["no_workers"]
     failed = summary.get("failed") or []
     if failed:
         return f"{len(failed)} unit(s) failed: " + "; ".join(failed)

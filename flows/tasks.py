@@ -64,8 +64,14 @@ def unit_task(stage: str, cfg: RunConfig, unit: Any) -> UnitResult:
 
 
 def unit_result(future, unit: Any) -> UnitResult:
-    """A unit task's result; its last transient failure (after the retries) as a failed result."""
-    got = future.result(raise_on_failure=False)
+    """A unit task's result; its last transient failure (after the retries) as a failed result,
+    and so a unit whose every worker died running it (Dask's KilledWorker, raised by the future
+    itself after `distributed.scheduler.allowed-failures` deaths) or that was cancelled."""
+    try:
+        got = future.result(raise_on_failure=False)
+    except Exception as e:  # noqa: BLE001 - the unit is reported by name, the others go on
+        return UnitResult(unit.name, False, 0.0, error=f"{unit.name}: worker failed: "
+                                                        f"{type(e).__name__}: {e}")
     if isinstance(got, TransientUnitError):
         return got.result
     if isinstance(got, BaseException):  # the task itself broke (a worker died, a crash)

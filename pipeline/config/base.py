@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Strict(BaseModel):
@@ -18,4 +18,7 @@ class DaskConfig(Strict):
     threads_per_worker: int = 1
     # the local cluster's dashboard; loopback unless you choose to expose it
     dashboard_address: str = "127.0.0.1:8787"
+    # a stage whose cluster has had no worker for this long while units remain stops (exit 1,
+    # one line; a rerun resumes) instead of waiting for one forever; None: wait forever
+    no_workers_timeout_s: Optional[float] = Field(default=60.0, gt=0)
 

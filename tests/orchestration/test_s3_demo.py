@@ -8,20 +8,16 @@ import re
 import subprocess
 import time
 
-import pyarrow as pa
 import pytest
-
-from store import tables
-from store.catalog import Catalog
 
 from .conftest import REPO
 from procs import BIN
+from run_tables import assert_same_tables, report_tables
 
 RUN_S = 1800
 # two full demo runs: about 5-7 min each on 2 cores (over the suite's 900 s default)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2 * RUN_S + 300)]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # bit-identity between the runs
-VOLATILE = {"runs": ["created_utc", "timings_json", "config_json"]}
 STAGE_TIME = re.compile(r"stage (\w+) took ([0-9.]+) s")
 
 
@@ -31,16 +27,6 @@ def _run(*args: str) -> tuple[str, float]:
                         timeout=RUN_S, env={**os.environ, **ONE_THREAD})
     assert cp.returncode == 0, f"aunet {args[0]} failed ({cp.returncode}):\n{cp.stdout[-3000:]}\n{cp.stderr[-5000:]}"
     return cp.stdout + cp.stderr, time.monotonic() - t0
-
-
-def _tables(store: str) -> dict[str, pa.Table]:
-    catalog, out = Catalog(store), {}
-    for name in tables.TABLES:
-        t = tables.read(catalog, name).drop_columns(["run", *VOLATILE.get(name, [])])
-        out[name] = t.sort_by([(c, "ascending") for c in t.column_names
-                               if pa.types.is_string(t.schema.field(c).type)
-                               or pa.types.is_integer(t.schema.field(c).type)])
-    return out
 
 
 def test_the_demo_runs_on_seaweedfs_and_equals_the_local_run(tmp_path, s3_bucket):
@@ -58,7 +44,4 @@ def test_the_demo_runs_on_seaweedfs_and_equals_the_local_run(tmp_path, s3_bucket
     out, _ = _run("query", "--store", url, "SELECT variant, round(100*f1, 1) AS f1 FROM metrics "
                   "WHERE fold = 'mean' AND au = 'Avg' ORDER BY variant")
     assert "aunet" in out and "au_fan" in out and "rows)" in out, out
-    want, got = _tables(str(tmp_path / "store")), _tables(url)
-    assert want["metrics"].num_rows and want["predictions"].num_rows
-    for name in tables.TABLES:
-        assert got[name].equals(want[name]), f"table {name} differs between S3 and the local run"
+    assert_same_tables(report_tables(str(tmp_path / "store")), report_tables(url), "S3")
