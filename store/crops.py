@@ -5,7 +5,8 @@ axis, so one unit of work (one block) writes its own chunk files and no other un
 written in this order: `chunk_done` cleared, the data and per-row `digest`, `chunk_key`, then
 `chunk_done` set; a killed run leaves at worst a block whose flag is unset, which is recomputed.
 `chunk_key` and `chunk_done` are chunked one block per file (concurrent units never rewrite a
-shared file). The store is created whole under a temporary name and renamed into place.
+shared file). The store is created whole under a temporary name and renamed into place (on an
+object store: built locally and uploaded with its root zarr.json last, store.location).
 
 Keys:
 - `chunk_key[b]`: the input key of block b (its manifest rows with paths relative to the dataset

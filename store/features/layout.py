@@ -19,7 +19,8 @@ check); `deep=True` also decodes every chunk, checking checksums and finiteness.
 A shard's key covers exactly what it is computed from: the content digests of its rows' crops
 (`store.crops`), the features identity (backbone, weights, dtype, storage) and the code of the
 per-frame computation, so labels never reach features, and one changed image redoes the one
-shard that holds it. The store is created whole under a temporary name and renamed into place.
+shard that holds it. The store is created whole under a temporary name and renamed into place
+(on an object store: built locally and uploaded with its root zarr.json last, store.location).
 
 One frame per inner chunk makes a random frame cost one ~2.6 MB decode instead of a whole
 multi-frame block; sharding keeps the number of files at N / frames_per_shard. `valid`,
@@ -209,7 +210,7 @@ def mark_done(group: zarr.Group, shard_index: int, key: str) -> None:
 
 
 def root_of(group: zarr.Group) -> Path:
-    """The folder of a feature store group opened from a local path."""
+    """The folder (or, on an object store, the prefix) of a feature store group."""
     return location.group_root(group)
 
 
