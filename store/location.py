@@ -201,9 +201,10 @@ def publish_dir(local: Path, final: StorePath, last: str = ZARR_ROOT) -> None:
     if fs.exists(f"{prefix}/{last}"):
         fs.rm_file(f"{prefix}/{last}")
     remove_tree(final)
-    files = sorted(p for p in Path(local).rglob("*") if p.is_file())
     root = Path(local) / last
-    for p in [f for f in files if f != root] + [f for f in files if f == root]:
+    # sorted by name, the root file after everything else (False sorts before True)
+    files = sorted((p for p in Path(local).rglob("*") if p.is_file()), key=lambda p: (p == root, p))
+    for p in files:
         fs.put_file(str(p), f"{prefix}/{p.relative_to(local).as_posix()}")
     fs.invalidate_cache(prefix)
 

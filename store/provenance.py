@@ -210,7 +210,7 @@ def library_versions() -> dict[str, str]:
 
 
 def provenance_path(artifact: Path) -> Path:
-    artifact = artifact if location.is_remote(artifact) else Path(artifact)
+    artifact = location.as_path(artifact)
     return artifact.with_name(artifact.name + ".provenance.json")
 
 
@@ -242,7 +242,7 @@ def read_provenance(artifact: Path) -> dict | None:
 def trusted(artifact: Path, key: str) -> dict | None:
     """The record of a file artifact that exists, was made with `key` and still holds the bytes
     it was written with (a corrupt or replaced file is not trusted); else None."""
-    artifact = artifact if location.is_remote(artifact) else Path(artifact)
+    artifact = location.as_path(artifact)
     rec = read_provenance(artifact)
     if rec is None or rec.get("key") != key or not artifact.is_file():
         return None
