@@ -8,8 +8,9 @@ Memory: peak resident memory of a fresh process predicting the video, and the sa
 four times (ratio target <= 1.15: flat in video length), and the video on the torch runtime.
 
 Runtimes (`--runtimes`): the torch path and the ONNX runtime side by side on the same bundle and
-video, frames/s of each, their ratio (target >= 1.4) and the largest probability difference
-(target <= 1e-4, from Parquet tables: exact values); then a face-free video (no_face.mp4) with
+video, each in a fresh process of its own (benchmarks/bench_runtimes.py says why), frames/s of
+each, their ratio (target >= 1.4) and the largest probability difference (target <= 1e-4, from
+Parquet tables: exact values); then a face-free video (no_face.mp4) with
 the finer tiles on every face-free frame (before the gate, pipeline/faces/gate.py) and gated
 (target >= 3x). `--modes`: frames/s of each temporal mode x flip and how often their AU
 decisions differ from cached without flip, on the shared videos. `--every N`: `--every N` with

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from unittest import mock
@@ -10,9 +13,8 @@ from unittest import mock
 import numpy as np
 import pandas as pd
 
-from benchmarks.predict_setup import VIDEO, config, predict_once
+from benchmarks.predict_setup import VIDEO, predict_once
 from pipeline.predict.predictor import PREFETCH_CHUNKS
-from stages import predict
 
 NO_FACE = VIDEO.parent / "no_face.mp4"
 FACE_NOFACE = VIDEO.parent / "face_noface.mov"
@@ -43,36 +45,62 @@ def prob_diff(a: pd.DataFrame, b: pd.DataFrame) -> float:
 
 
 REPS = 2  # timed runs of each runtime, alternating (the best is kept: a shared machine)
+# What each side-by-side kind changes: runtime, the decode/detect thread (prefetch chunks; None:
+# the default for this machine's cores, pipeline/predict/predictor.py) and ONNX Runtime's memory
+# arena (pipeline/predict/runtime.py).
+KINDS = {"torch": ("torch", None, None), "onnx": ("onnx", None, None),
+         "torch-prefetch": ("torch", PREFETCH_CHUNKS, None),
+         "onnx-prefetch": ("onnx", PREFETCH_CHUNKS, None), "onnx-no-arena": ("onnx", None, False)}
+
+
+def child(kind: str, bundle: Path, out: Path, temporal: str) -> dict:
+    """One kind in this (fresh) process: a warm-up run, then the timed run's summary. Each kind
+    gets its own process: ONNX Runtime's thread pools and torch's allocator are process-wide,
+    so kinds run one after another in one process measure each other's leftovers."""
+    import torch
+
+    from pipeline.predict import predictor, runtime as rt
+
+    torch.set_num_threads(2)
+    runtime, depth, arena = KINDS[kind]
+    if depth is not None:  # the thread on (or off) whatever the cores
+        predictor.PREFETCH_CHUNKS, predictor.SERIAL_CORES = depth, 0
+    rt.MEMORY_ARENA = rt.MEMORY_ARENA if arena is None else arena
+    _, _, r = timed(bundle, VIDEO, out, temporal, warm=True, runtime=runtime)
+    return {"frames_per_s": r["frames_per_s"], "frames": r["frames"], "timing": r["timing"]}
+
+
+def _run_child(kind: str, bundle: Path, out: Path, temporal: str) -> dict:
+    code = (f"import sys, json; sys.path[:0] = {sys.path!r}\n"
+            "from pathlib import Path\nfrom benchmarks.bench_runtimes import child\n"
+            f"print(json.dumps(child({kind!r}, Path({str(bundle)!r}), Path({str(out)!r}), "
+            f"{temporal!r})))")
+    cp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        cwd=Path(__file__).resolve().parents[1])
+    if cp.returncode:
+        raise SystemExit(f"{kind}: the child run failed:\n{cp.stderr[-3000:]}")
+    return json.loads(cp.stdout.strip().splitlines()[-1])
 
 
 def runtimes(bundle: Path, tmp: Path, temporal: str) -> None:
-    """torch, onnx, and onnx without the decode/detect thread or without ONNX Runtime's memory
-    arena, alternating; best of REPS each."""
-    fps, tables, parts, engines = {}, {}, {}, {}
-    kinds = {"torch": {"runtime": "torch"}, "onnx": {"runtime": "onnx"},
-             "onnx-serial": {"runtime": "onnx"}, "onnx-no-arena": {"runtime": "onnx"}}
+    """Each kind of KINDS in its own process, alternating; best of REPS each."""
+    fps, parts, tables = {}, {}, {}
     for rep in range(REPS):
-        for name, extra in kinds.items():
-            depth = 0 if name.endswith("serial") else PREFETCH_CHUNKS
-            with mock.patch("pipeline.predict.predictor.PREFETCH_CHUNKS", depth), \
-                    mock.patch("pipeline.predict.runtime.MEMORY_ARENA", not name.endswith("no-arena")):
-                if name not in engines:  # each kind's own engine, loaded outside the timed runs
-                    predict._engine.cache_clear()
-                    engines[name] = predict.engine(config(bundle, VIDEO, tmp, temporal, **extra))
-                with mock.patch.object(predict, "engine", lambda cfg, e=engines[name]: e):
-                    _, df, r = timed(bundle, VIDEO, tmp / f"rt-{name}-{rep}", temporal,
-                                     warm=rep == 0, **extra)
+        for name in KINDS:
+            out = tmp / f"rt-{name}-{rep}"
+            r = _run_child(name, bundle, out, temporal)
             f = r["frames_per_s"]  # the unit's own seconds, the engine loaded before them
             if f > fps.get(name, 0):
-                fps[name], tables[name], parts[name] = f, df, r
+                fps[name], parts[name] = f, r
+                tables[name] = pd.read_parquet(out / "timed" / f"{VIDEO.stem}.parquet")
     for name, r in parts.items():
         print(f"{VIDEO.name} {name:>13}: {fps[name]:6.2f} frames/s (best of {REPS}; {r['frames']} "
               "frames; " + ", ".join(f"{k} {v:.2f} s" for k, v in r["timing"].items()) + ")")
     d = prob_diff(tables["torch"], tables["onnx"])
-    print(f"RATIO onnx / torch = {fps['onnx'] / fps['torch']:.3f} (target >= {RATIO_TARGET}); "
-          f"onnx-serial / torch = {fps['onnx-serial'] / fps['torch']:.3f}; "
-          f"onnx-no-arena / torch = {fps['onnx-no-arena'] / fps['torch']:.3f}; "
-          f"max |p_onnx - p_torch| = {d:.2e} (target <= {DIFF_TARGET:g})")
+    print(f"RATIO onnx / torch = {fps['onnx'] / fps['torch']:.3f} (target >= {RATIO_TARGET}); " +
+          "; ".join(f"{k} / torch = {fps[k] / fps['torch']:.3f}" for k in KINDS
+                    if k not in ("torch", "onnx")) +
+          f"; max |p_onnx - p_torch| = {d:.2e} (target <= {DIFF_TARGET:g})")
     if not NO_FACE.exists():
         print(f"skipped face-free: {NO_FACE} not found")
         return

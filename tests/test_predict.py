@@ -17,7 +17,7 @@ from conftest import SHARED, run_stages, write_mini_dataset
 from flows.cli import main
 from pipeline.faces.align import face_transform, warp
 from pipeline.predict.bundle import BundleError, detector_config, load_backbone_of, load_head_of, read_spec
-from pipeline.config import FacesConfig, load_config
+from pipeline.config import FacesConfig, TemporalMode, load_config
 from pipeline.predict.predictor import needed
 from pipeline.faces.factory import make_detector
 from pipeline.video import frame_count, iter_video, read_image, video_fps
@@ -290,3 +290,32 @@ def test_every_n_keeps_true_neighbours_and_the_openface_columns(bundles, capsys,
     assert (xs > face.bbox_x0.to_numpy()[:, None] - w).all() and (xs < face.bbox_x1.to_numpy()[:, None] + w).all()
     summary = json.loads((tmp_path / "n" / "face_noface.json").read_text())
     assert summary["every"] == 4 and summary["frames"] == len(sub) and summary["decoded"] == 169
+
+
+@pytest.mark.parametrize("n_cores,threaded", [(2, False), (4, True)])
+def test_decode_and_detect_run_on_their_own_thread_only_beyond_two_cores(monkeypatch, n_cores,
+                                                                        threaded):
+    """On 2 cores the decode/detect thread competes with the FAN's threads (docs/predict.md,
+    "Runtimes"): there it is off; on more cores it is on."""
+    import threading
+    import types
+
+    from pipeline.faces.types import Detections
+    from pipeline.predict import predictor
+
+    class NoFaces:
+        def detect_video_batch(self, images, gate):
+            return [Detections.empty() for _ in images]
+
+    seen = []
+
+    def frames():
+        for i in range(3):
+            seen.append(threading.current_thread().name)
+            yield i, np.zeros((8, 8, 3), np.uint8)
+
+    monkeypatch.setattr(predictor, "cores", lambda: n_cores)
+    eng = types.SimpleNamespace(T=0, is_temporal=False, temporal=TemporalMode.CACHED, batch=8)
+    rows = list(predictor.predict_stream(frames(), eng, NoFaces()))
+    assert [r.success for r in rows] == [False] * 3
+    assert (set(seen) == {"decode-detect"}) is threaded and len(seen) == 3

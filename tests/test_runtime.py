@@ -103,3 +103,20 @@ def test_an_export_that_disagrees_with_torch_is_refused(bundle, monkeypatch, tmp
 
     with pytest.raises(rt.RuntimeUnavailable, match="the FAN: the ONNX export's outputs differ.*--runtime torch"):
         _engine(bundle, Runtime.ONNX, exports)
+
+
+def test_probs_of_items_equals_probs_of_their_blocks(bundle):
+    """probs_of runs the head item by item (a crop with its flip under TTA): the same
+    probabilities as the whole blocks, origins first, then flips, in one call."""
+    eng = _engine(bundle, Runtime.TORCH, tta=True)
+    f, _ = eng.features(rt.probe_crops(6, 64))  # (12, 768, 16, 16): 6 crops, then 6 flips
+    n = 6
+    items = [f[[i, i + n]] for i in range(n)]  # each (2, ...): a crop and its flip
+    cols = [items, items[1:] + items[:1], items[-1:] + items[:-1]]
+    blocks = [torch.cat([torch.cat([c[0:1] for c in col]), torch.cat([c[1:2] for c in col])])
+              for col in cols]
+    np.testing.assert_allclose(eng.probs_of(cols), eng.probs(*blocks), atol=1e-6)
+    plain = _engine(bundle, Runtime.TORCH)
+    g, _ = plain.features(rt.probe_crops(6, 64))
+    one = [[g[i:i + 1] for i in range(n)]] * 3
+    np.testing.assert_allclose(plain.probs_of(one), plain.probs(g, g, g), atol=1e-6)

@@ -4,7 +4,8 @@
 one `Row` per face per frame (or one `success = False` row for a frame without a face), in frame
 order, with bounded memory whatever the video's length; `engine` (pipeline/predict/engine.py)
 holds the bundle's FAN and head on their runtime. Decoding and detection run on a background
-thread at most PREFETCH_CHUNKS chunks ahead (a bounded queue), so they overlap the FAN. A frame
+thread at most PREFETCH_CHUNKS chunks ahead (a bounded queue), so they overlap the FAN, on machines
+of more than SERIAL_CORES cores (on fewer, in the FAN's thread: they would compete). A frame
 that could not be decoded comes in as an `Unreadable` and gets its `success = False` row with
 the reason; its neighbours treat it as a frame without a face. Face rows carry the 68 landmarks
 (source pixels, from the FAN's heatmaps) and the head pose (pipeline/faces/pose.py).
@@ -43,9 +44,15 @@ from pipeline.faces.types import Detections, Detector
 from pipeline.faces.tracking import IouTracker, largest
 from pipeline.models.fan import N_LANDMARKS
 from pipeline.predict.engine import Engine  # noqa: F401  (its home before engine.py)
+from pipeline.predict.runtime import cores
 
 DETECT_BATCH = 16  # frames per detector call
 PREFETCH_CHUNKS = 2  # detected chunks decoded ahead of the FAN on a background thread
+# Machines of up to this many cores decode and detect in the FAN's thread: there the thread
+# takes a core from the FAN's own two threads and costs more than it hides, or breaks even
+# (measured on two 2-core machines, docs/predict.md "Runtimes": onnx 4.02 frames/s serial
+# against 3.46 with the thread; 6.92 against 6.60, and 6.72 against 6.77).
+SERIAL_CORES = 2
 QUEUE_POLL_S = 0.5
 
 
@@ -199,7 +206,7 @@ def predict_stream(frames: Iterator[tuple[int, np.ndarray]], engine: Engine, det
     images: dict[int, tuple[np.ndarray, list[Face]]] = {}  # frame -> (image, faces) (exact)
     unreadable: dict[int, str] = {}  # frame -> reason, until its row is out
     last = -1
-    depth = PREFETCH_CHUNKS if prefetch is None else prefetch
+    depth = (PREFETCH_CHUNKS if cores() > SERIAL_CORES else 0) if prefetch is None else prefetch
     source = _prefetched(_chunks(frames, detector, gate, every, T, timing), depth)
     chunk: list = []
     while True:
@@ -248,14 +255,13 @@ def _answer(engine: Engine, ready, feats, images, T: int, keep_crops: bool,
             trip, pts = engine.features(np.stack([c for x in part for c in _exact_crops(engine, x, images, T)]))
             _set_landmarks(part, pts[1::3])
             n = 3 * len(part)
-            sel = lambda j: torch.cat([_pair(trip, n, 3 * q + j) for q in range(len(part))])  # noqa: E731
-            p = engine.probs(*_regroup([sel(1), sel(0), sel(2)], engine.tta))
+            p = engine.probs_of([[_pair(trip, n, 3 * q + j) for q in range(len(part))]
+                                 for j in (1, 0, 2)])  # crops t-T, t, t+T -> head inputs t, t-T, t+T
         else:
             def get(x, dt):
                 return feats.get((x.face_id, x.frame + dt), feats[(x.face_id, x.frame)])
 
-            cols = [[get(x, dt) for x in part] for dt in ((0, -T, T) if T else (0,))]
-            p = engine.probs(*_regroup([torch.cat(c) for c in cols], engine.tta))
+            p = engine.probs_of([[get(x, dt) for x in part] for dt in ((0, -T, T) if T else (0,))])
         for x, row in zip(part, p):
             probs[(x.face_id, x.frame)] = row
     for index, fs, sampled in ready:
@@ -267,13 +273,6 @@ def _answer(engine: Engine, ready, feats, images, T: int, keep_crops: bool,
         for x in fs:
             yield Row(index, x.face_id, True, x.score, x.box, x.kp, probs[(x.face_id, x.frame)],
                       x.crop if keep_crops else None, x.landmarks, head_pose(x.landmarks, *x.size))
-
-
-def _regroup(blocks: list[torch.Tensor], tta: bool) -> list[torch.Tensor]:
-    """Blocks hold (orig, flip) pairs per item; the head wants [origs..., flips...]."""
-    if not tta:
-        return blocks
-    return [torch.cat([b[0::2], b[1::2]]) for b in blocks]
 
 
 def _exact_crops(engine: Engine, x: Face, images, T: int) -> list[np.ndarray]:
