@@ -132,7 +132,8 @@ def timeline(df: pd.DataFrame, aus: list[str], title: str, path: Path, banner: b
         ax.set_yticks([])
         ax.set_ylabel(au, rotation=0, ha="right", va="center", fontsize=8)
     axes[-1, 0].set_xlabel("frame (grey: no face)")
-    # fixed margins in inches, not tight_layout: measuring every label cost 0.3 s a video
+    # fixed margins in inches, not tight_layout (which measures every label): 0.25 s a timeline
+    # of 12 AUs against 0.35 s (measured, warm)
     top = TIMELINE_TOP_IN + (TIMELINE_BANNER_IN if banner else 0.0)
     fig.set_figheight(height + top - TIMELINE_TOP_IN)
     h = fig.get_figheight()
