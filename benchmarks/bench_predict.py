@@ -23,8 +23,6 @@ every frame retrieved (as before the sampled decode) against the dropped frames 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +35,7 @@ import torch
 from pipeline.config import TemporalMode, Variant
 from pipeline.predict.runtime import cores
 from pipeline.video import iter_video, video_fps, write_video
-from benchmarks.predict_setup import BLAZE, VIDEO, make_bundle, predict_once
+from benchmarks.predict_setup import BLAZE, VIDEO, in_fresh_process, make_bundle, predict_once
 
 def bare(bundle: Path, video: Path, temporal: str) -> dict:
     """The same parts with no pipeline around them, on the same frames."""
@@ -101,13 +99,10 @@ PEAK = ("hwm = [int(l.split()[1]) for l in open('/proc/self/status') if l.starts
 
 def peak_rss_mb(bundle: Path, video: Path, out: Path, temporal: str, runtime: str = "auto") -> float:
     """Peak resident memory (MB) of a fresh process that predicts one video on `runtime`."""
-    code = (f"import sys; sys.path[:0] = {sys.path!r}\n"
-            "from benchmarks.predict_setup import predict_once\nfrom pathlib import Path\n"
+    code = ("from benchmarks.predict_setup import predict_once\nfrom pathlib import Path\n"
             f"predict_once(Path({str(bundle)!r}), Path({str(video)!r}), Path({str(out)!r}), {temporal!r}, "
             f"runtime={runtime!r})\n" + PEAK)
-    cp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                        cwd=Path(__file__).resolve().parents[1])
-    return json.loads(cp.stdout.strip().splitlines()[-1]) / 1024
+    return in_fresh_process(code, f"peak memory on {runtime}") / 1024
 
 
 def memory(bundle: Path, tmp: Path, temporal: str) -> None:

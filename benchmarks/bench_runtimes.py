@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from unittest import mock
@@ -13,7 +10,7 @@ from unittest import mock
 import numpy as np
 import pandas as pd
 
-from benchmarks.predict_setup import VIDEO, predict_once
+from benchmarks.predict_setup import VIDEO, in_fresh_process, predict_once
 from pipeline.predict.predictor import PREFETCH_CHUNKS
 
 NO_FACE = VIDEO.parent / "no_face.mp4"
@@ -72,15 +69,10 @@ def child(kind: str, bundle: Path, out: Path, temporal: str) -> dict:
 
 
 def _run_child(kind: str, bundle: Path, out: Path, temporal: str) -> dict:
-    code = (f"import sys, json; sys.path[:0] = {sys.path!r}\n"
-            "from pathlib import Path\nfrom benchmarks.bench_runtimes import child\n"
-            f"print(json.dumps(child({kind!r}, Path({str(bundle)!r}), Path({str(out)!r}), "
-            f"{temporal!r})))")
-    cp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                        cwd=Path(__file__).resolve().parents[1])
-    if cp.returncode:
-        raise SystemExit(f"{kind}: the child run failed:\n{cp.stderr[-3000:]}")
-    return json.loads(cp.stdout.strip().splitlines()[-1])
+    return in_fresh_process("import json\nfrom pathlib import Path\n"
+                            "from benchmarks.bench_runtimes import child\n"
+                            f"print(json.dumps(child({kind!r}, Path({str(bundle)!r}), "
+                            f"Path({str(out)!r}), {temporal!r})))", kind)
 
 
 def runtimes(bundle: Path, tmp: Path, temporal: str) -> None:

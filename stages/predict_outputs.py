@@ -119,8 +119,11 @@ def timeline(df: pd.DataFrame, aus: list[str], title: str, path: Path, banner: b
 
     d = df[df.face_id == 0] if "face_id" in df else df
     x = d["frame"].to_numpy()
-    height = TIMELINE_ROW_IN * len(aus) + TIMELINE_BOTTOM_IN + TIMELINE_TOP_IN
-    fig, axes = plt.subplots(len(aus), 1, figsize=(TIMELINE_WIDTH_IN, height), sharex=True,
+    # fixed margins in inches, not tight_layout (which measures every label): 0.25 s a timeline
+    # of 12 AUs against 0.35 s (measured, warm)
+    top = TIMELINE_TOP_IN + (TIMELINE_BANNER_IN if banner else 0.0)
+    h = TIMELINE_ROW_IN * len(aus) + TIMELINE_BOTTOM_IN + top
+    fig, axes = plt.subplots(len(aus), 1, figsize=(TIMELINE_WIDTH_IN, h), sharex=True,
                              squeeze=False)
     gaps = _runs(x[d["success"].to_numpy() == 0])
     for ax, au in zip(axes[:, 0], aus):
@@ -132,11 +135,6 @@ def timeline(df: pd.DataFrame, aus: list[str], title: str, path: Path, banner: b
         ax.set_yticks([])
         ax.set_ylabel(au, rotation=0, ha="right", va="center", fontsize=8)
     axes[-1, 0].set_xlabel("frame (grey: no face)")
-    # fixed margins in inches, not tight_layout (which measures every label): 0.25 s a timeline
-    # of 12 AUs against 0.35 s (measured, warm)
-    top = TIMELINE_TOP_IN + (TIMELINE_BANNER_IN if banner else 0.0)
-    fig.set_figheight(height + top - TIMELINE_TOP_IN)
-    h = fig.get_figheight()
     fig.suptitle(title, fontsize=9, y=1 - (top - TIMELINE_TITLE_IN) / h, va="bottom")
     fig.subplots_adjust(left=TIMELINE_LEFT_IN / TIMELINE_WIDTH_IN, right=0.99,
                         bottom=TIMELINE_BOTTOM_IN / h, top=1 - top / h, hspace=0.15)
