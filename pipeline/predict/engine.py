@@ -5,9 +5,11 @@ onnx runtime it also gets each network's ONNX export from `exports(name, identit
 store's cache, store/onnx_cache.py: exported once per bundle files' hashes and library versions),
 runs both on probe crops and refuses the export when they disagree (pipeline/predict/runtime.py),
 then drops the torch networks (`fan`, `fan_outputs` and `head` are None on the onnx runtime).
-On CUDA the torch FAN runs under fp16 autocast. `features(crops)` gives the head's input features
-(float16, kept small for the temporal buffers) and each crop's 68 landmarks in crop pixels,
-decoded from the FAN's own heatmaps (pipeline/faces/landmarks.py).
+On ONNX Runtime the head runs split in two (pipeline/predict/split.py): its per-frame stem with
+each FAN batch, its rest per item. On CUDA the torch FAN runs under fp16 autocast.
+`features(crops)` gives what the head reads of each crop (torch: the features, float16, kept
+small for the temporal buffers; onnx: the stem's outputs, `split.Stems`) and each crop's 68
+landmarks in crop pixels, decoded from the FAN's own heatmaps (pipeline/faces/landmarks.py).
 """
 from __future__ import annotations
 
@@ -22,12 +24,13 @@ from pipeline.config import CropMode, FeatureDtype, Runtime, TemporalMode
 from pipeline.faces import landmarks
 from pipeline.faces.align import face_transform, reference_centre_transform
 from pipeline.predict import runtime as rt
+from pipeline.predict import split
 from pipeline.models.fan import N_LANDMARKS
 from pipeline.predict.bundle import BundleSpec, load_backbone_of, load_head_of
 from pipeline.quantise import roundtrip
 
 PIXEL_SCALE = 255.0
-PROBE_CROPS = 2  # crops the exports are checked on when they load
+PROBE_CROPS = 3  # crops the exports are checked on when they load (3: t, t-T and t+T differ)
 Exports = Callable[[str, dict, Callable[[Path], None]], Path]
 
 
@@ -47,7 +50,7 @@ class Engine:
         self.T, self.batch = spec.temporal_offset, batch_size
         self.timing = {"fan": 0.0, "head": 0.0}
         self.runtime = rt.resolve(runtime, device)
-        self.onnx_fan = self.onnx_head = None
+        self.onnx_fan = self.onnx_stem = self.onnx_rest = None
         self.check_error: dict[str, float] = {}
         if self.runtime is Runtime.ONNX:
             if exports is None:
@@ -75,8 +78,9 @@ class Engine:
 
     @torch.inference_mode()
     def _load_onnx(self, folder, exports: Exports) -> None:
-        """The FAN's export gives float16 features (what the head gets; a head trained on a
-        uint8 cache: float32, quantised outside) and the head's takes them as they come."""
+        """The FAN's export gives float16 features (a head trained on a uint8 cache: float32,
+        quantised outside, then float16), the head's stem takes them as they come and its rest
+        the stems; the pair is checked against the unsplit head in torch."""
         size, half = self.spec.crop.size, self.spec.feature_dtype is not FeatureDtype.UINT8
         x = torch.from_numpy(rt.probe_crops(PROBE_CROPS, size)).permute(0, 3, 1, 2).float() / PIXEL_SCALE
         feats, heat = self.fan_outputs(x)  # float32: the export's float16 is checked against it
@@ -86,14 +90,18 @@ class Engine:
         self.onnx_fan = rt.OnnxNet(fan_path)
         self.check_error["fan"] = rt.check([feats.numpy(), heat.numpy()],
                                            self.onnx_fan(x.numpy()), f"{folder}: the FAN")
-        args = [feats.half() if half else feats] * (3 if self.is_temporal else 1)
-        names = ["f_t", "f_prev", "f_next"][:len(args)]
-        head = rt.FloatInputs(self.head).eval()
-        head_path = exports("head", self._identity("head", half), lambda p: rt.export(
-            head, args, names, ["logits"], p))
-        self.onnx_head = rt.OnnxNet(head_path)
-        self.check_error["head"] = rt.check([head(*args).numpy()],
-                                            self.onnx_head(*[a.numpy() for a in args]),
+        f = feats.half()  # (3, 768, h, w): what the head gets
+        frames = [f, f.roll(1, 0), f.roll(-1, 0)] if self.is_temporal else [f]  # t, t-T, t+T
+        stem, rest = split.HeadStem(self.head).eval(), split.HeadRest(self.head).eval()
+        stem_path = exports("stem", self._identity("stem", half), lambda p: rt.export(
+            stem, [f], ["features"], split.stem_outputs(self.head), p))
+        self.onnx_stem = rt.OnnxNet(stem_path)
+        rest_path = exports("rest", self._identity("rest", half), lambda p: rt.export(
+            rest, split.rest_args(*[stem(g) for g in frames]), split.rest_inputs(self.head),
+            ["logits"], p))
+        self.onnx_rest = rt.OnnxNet(rest_path)
+        got = self.onnx_rest(*split.rest_args(*[self.onnx_stem(g.numpy()) for g in frames]))
+        self.check_error["head"] = rt.check([rt.FloatInputs(self.head)(*frames).numpy()], got,
                                             f"{folder}: the head")
 
     def _fan_batch(self, xb: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
@@ -112,12 +120,23 @@ class Engine:
         gets them quantised and dequantised the same way (pipeline.quantise.roundtrip)."""
         return roundtrip(f) if self.spec.feature_dtype is FeatureDtype.UINT8 else f
 
-    @torch.inference_mode()
-    def features(self, crops: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        """crops (B, S, S, 3) uint8 -> (features (B, 768, h, w) float16, landmarks (B, 68, 2)
-        crop pixels); with TTA flip, the flipped crops' features follow as a second block:
-        (2B, ...) (landmarks are the unflipped crops' only)."""
+    def _read_by_head(self, f: torch.Tensor):
+        """What the head reads of a batch's features: the features themselves (torch), or its
+        stem's outputs (onnx; timed as the head's)."""
+        if self.onnx_stem is None:
+            return f
         t0 = time.perf_counter()
+        stems = split.Stems(tuple(self.onnx_stem(f.numpy())))
+        self.timing["head"] += time.perf_counter() - t0
+        return stems
+
+    @torch.inference_mode()
+    def features(self, crops: np.ndarray):
+        """crops (B, S, S, 3) uint8 -> (what the head reads: features (B, 768, h, w) float16, or
+        on onnx their `split.Stems`; landmarks (B, 68, 2) crop pixels); with TTA flip, the
+        flipped crops' follow as a second block: 2B items (landmarks are the unflipped crops'
+        only)."""
+        t0, stem_before = time.perf_counter(), self.timing["head"]
         x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
         n = len(x)
         if self.tta:
@@ -125,18 +144,18 @@ class Engine:
         out, heat = [], []
         for i in range(0, len(x), self.batch):
             f, h = self._fan_batch(x[i:i + self.batch].float().div_(PIXEL_SCALE))
-            out.append(f)
+            out.append(self._read_by_head(f))
             heat.append(h[:max(0, min(len(h), n - i))])
-        self.timing["fan"] += time.perf_counter() - t0
+        self.timing["fan"] += time.perf_counter() - t0 - (self.timing["head"] - stem_before)
         if not out:
             return torch.zeros(0), np.zeros((0, N_LANDMARKS, 2), np.float32)
         hm = np.concatenate(heat)
         pts = landmarks.to_crop(landmarks.decode(hm), hm.shape[-1], self.spec.crop.size)
-        return torch.cat(out), pts
+        return (split.Stems.cat(out) if self.onnx_stem is not None else torch.cat(out)), pts
 
     def probs_of(self, cols: list[list[torch.Tensor]]) -> np.ndarray:
-        """(B, L) probabilities of B items; cols: per head input, each item's (1, C, h, w)
-        features, or (2, C, h, w) with its flip's under TTA. The head runs item by item on the
+        """(B, L) probabilities of B items; cols: per head input (t[, t-T, t+T]), each item's
+        features() entry (1 crop, or 2 with its flip under TTA). The head runs item by item on the
         features as they are (each a view of its FAN batch): no batch of inputs is copied
         together, and both runtimes' heads ran faster at batch 1 than at 8 (measured, AUNet
         head at 256 px, 2 cores: ONNX Runtime 28.2 against 26.3 items/s, torch 21.1 against
@@ -149,8 +168,8 @@ class Engine:
         crop and its flip are averaged."""
         t0 = time.perf_counter()
         args = [f_t] if not self.is_temporal else [f_t, f_prev, f_next]
-        if self.onnx_head is not None:
-            logits = torch.from_numpy(self.onnx_head(*[a.numpy() for a in args])[0])
+        if self.onnx_rest is not None:  # Stems of frames t, t-T, t+T
+            logits = torch.from_numpy(self.onnx_rest(*split.rest_args(*[a.parts for a in args]))[0])
         else:
             logits = self.head(*[a.to(self.device).float() for a in args]).float().cpu()
         if self.tta:

@@ -25,7 +25,7 @@ from pipeline.config import Runtime
 from pipeline.errors import UserError
 
 OPSET = 17  # ONNX opset of the exports (TorchScript-based exporter)
-EXPORT_VERSION = 2  # bump when what is exported changes (outputs, names, axes)
+EXPORT_VERSION = 3  # bump when what is exported changes (outputs, names, axes, the head split)
 # An export is refused when max |onnx - torch| > CHECK_TOLERANCE * max(1, max |torch|): float32
 # reorderings of a 27.8 GFLOP network differ by ~1e-6 relative; a wrong graph by far more.
 CHECK_TOLERANCE = 1e-4
