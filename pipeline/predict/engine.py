@@ -5,8 +5,8 @@ onnx runtime it also gets each network's ONNX export from `exports(name, identit
 store's cache, store/onnx_cache.py: exported once per bundle files' hashes and library versions),
 runs both on probe crops and refuses the export when they disagree (pipeline/predict/runtime.py),
 then drops the torch networks (`fan`, `fan_outputs` and `head` are None on the onnx runtime).
-On ONNX Runtime the head runs split in two (pipeline/predict/split.py): its per-frame stem with
-each FAN batch, its rest per item. On CUDA the torch FAN runs under fp16 autocast.
+On ONNX Runtime the head runs split in two (pipeline/predict/split.py): its per-frame stem on
+each crop after its FAN batch, its rest per item. On CUDA the torch FAN runs under fp16 autocast.
 `features(crops)` gives what the head reads of each crop (torch: the features, float16, kept
 small for the temporal buffers; onnx: the stem's outputs, `split.Stems`) and each crop's 68
 landmarks in crop pixels, decoded from the FAN's own heatmaps (pipeline/faces/landmarks.py).
@@ -122,11 +122,11 @@ class Engine:
 
     def _read_by_head(self, f: torch.Tensor):
         """What the head reads of a batch's features: the features themselves (torch), or its
-        stem's outputs (onnx; timed as the head's)."""
+        stem's outputs, crop by crop (onnx; timed as the head's)."""
         if self.onnx_stem is None:
             return f
         t0 = time.perf_counter()
-        stems = split.Stems(tuple(self.onnx_stem(f.numpy())))
+        stems = split.Stems(tuple(tuple(self.onnx_stem(f[i:i + 1].numpy())) for i in range(len(f))))
         self.timing["head"] += time.perf_counter() - t0
         return stems
 

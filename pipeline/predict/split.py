@@ -7,12 +7,12 @@ halves over the two differences) and p = avg_pool2d(f, 2), that is
 
     W_a p_t - W_a p_prev + W_b p_next - W_b p_t + bias = (a_t - a_prev) + (b_next - b_t) + bias
 
-with a = W_a p and b = W_b p computed once per frame. So `HeadStem` runs once per crop, batched
-with its FAN batch: r = reduce(f) (B, 256, h, w), and for temporal heads a, b (B, 256, h/2, w/2);
+with a = W_a p and b = W_b p computed once per frame. So `HeadStem` runs once per crop, after
+its FAN batch: r = reduce(f) (B, 256, h, w), and for temporal heads a, b (B, 256, h/2, w/2);
 `HeadRest` runs once per item on (r_t, a_t, b_t, a_prev, b_next), or (r_t,) for static heads.
 The unsplit head converts three 768-channel float16 maps to float32, subtracts, concatenates and
 pools them for every item; the split does it once per frame (measured, AUNet head at 256 px,
-2-core AMD EPYC, ONNX Runtime: 61 ms an item unsplit against 16 + 31 ms split).
+2-core AMD EPYC, ONNX Runtime: 61 ms an item unsplit against 13 + 31 ms split).
 
 Why a second spelling of TDNHead's forward instead of a method on it: the training stages' code
 keys (store/codekey.py) hash the head classes, so any edit there would make every trained head
@@ -90,21 +90,31 @@ class HeadRest(nn.Module):
 @dataclass(frozen=True)
 class Stems:
     """Per-crop stem outputs, indexed like one tensor along the crops: `stems[i:i + 1]`,
-    `stems[[i, j]]`, `len(stems)` (what the predictor's buffers do with features)."""
+    `stems[[i, j]]`, `len(stems)` (what the predictor's buffers do with features). Each crop's
+    arrays are its own (the stem runs crop by crop: as fast as in batches of 8, 13 against 15 ms
+    a crop, and without a batch's 280 MB in ONNX Runtime's arena), so a buffered crop keeps no
+    batch alive and an item's inputs are passed with no copy."""
 
-    parts: tuple[np.ndarray, ...]  # each (N, 256, ., .) float32
+    rows: tuple[tuple[np.ndarray, ...], ...]  # rows[i]: crop i's outputs, each (1, 256, ., .) float32
 
     def __len__(self) -> int:
-        return len(self.parts[0])
+        return len(self.rows)
 
     def __getitem__(self, index) -> "Stems":
-        return Stems(tuple(p[index] for p in self.parts))
+        if isinstance(index, slice):
+            return Stems(self.rows[index])
+        return Stems(tuple(self.rows[i] for i in index))
+
+    @property
+    def parts(self) -> tuple[np.ndarray, ...]:
+        """Each output over the crops, (N, 256, ., .): one crop's own arrays, or concatenated."""
+        if len(self.rows) == 1:
+            return self.rows[0]
+        return tuple(np.concatenate(p) for p in zip(*self.rows))
 
     @staticmethod
     def cat(blocks: Sequence["Stems"]) -> "Stems":
-        if len(blocks) == 1:
-            return blocks[0]
-        return Stems(tuple(np.concatenate(ps) for ps in zip(*[b.parts for b in blocks])))
+        return Stems(tuple(r for b in blocks for r in b.rows))
 
 
 def rest_args(t: Sequence, prev: Optional[Sequence] = None, nxt: Optional[Sequence] = None) -> list:
