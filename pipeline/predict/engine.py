@@ -156,7 +156,8 @@ class Engine:
     def probs_of(self, cols: list[list[torch.Tensor]]) -> np.ndarray:
         """(B, L) probabilities of B items; cols: per head input (t[, t-T, t+T]), each item's
         features() entry (1 crop, or 2 with its flip under TTA). The head runs item by item on the
-        features as they are (each a view of its FAN batch): no batch of inputs is copied
+        features as they are (torch: views of their FAN batch; onnx: each crop's own stem
+        arrays): no batch of inputs is copied
         together, and both runtimes' heads ran faster at batch 1 than at 8 (measured, AUNet
         head at 256 px, 2 cores: ONNX Runtime 28.2 against 26.3 items/s, torch 21.1 against
         18.5; the copies of a batch of 8 cost 0.46 s of 10.4 s on single_face.mp4)."""
