@@ -122,13 +122,10 @@ class Engine:
 
     def _read_by_head(self, f: torch.Tensor):
         """What the head reads of a batch's features: the features themselves (torch), or its
-        stem's outputs, crop by crop (onnx; timed as the head's)."""
+        stem's outputs, crop by crop (onnx)."""
         if self.onnx_stem is None:
             return f
-        t0 = time.perf_counter()
-        stems = split.Stems(tuple(tuple(self.onnx_stem(f[i:i + 1].numpy())) for i in range(len(f))))
-        self.timing["head"] += time.perf_counter() - t0
-        return stems
+        return split.Stems(tuple(tuple(self.onnx_stem(f[i:i + 1].numpy())) for i in range(len(f))))
 
     @torch.inference_mode()
     def features(self, crops: np.ndarray):
@@ -136,7 +133,7 @@ class Engine:
         on onnx their `split.Stems`; landmarks (B, 68, 2) crop pixels); with TTA flip, the
         flipped crops' follow as a second block: 2B items (landmarks are the unflipped crops'
         only)."""
-        t0, stem_before = time.perf_counter(), self.timing["head"]
+        t0, stem_s = time.perf_counter(), 0.0  # the stem's seconds count as the head's
         x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
         n = len(x)
         if self.tta:
@@ -144,9 +141,12 @@ class Engine:
         out, heat = [], []
         for i in range(0, len(x), self.batch):
             f, h = self._fan_batch(x[i:i + self.batch].float().div_(PIXEL_SCALE))
+            t1 = time.perf_counter()
             out.append(self._read_by_head(f))
+            stem_s += time.perf_counter() - t1
             heat.append(h[:max(0, min(len(h), n - i))])
-        self.timing["fan"] += time.perf_counter() - t0 - (self.timing["head"] - stem_before)
+        self.timing["fan"] += time.perf_counter() - t0 - stem_s
+        self.timing["head"] += stem_s
         if not out:
             return torch.zeros(0), np.zeros((0, N_LANDMARKS, 2), np.float32)
         hm = np.concatenate(heat)
